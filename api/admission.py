@@ -1,0 +1,94 @@
+"""Admission: everything a job must pass before a row is written. Each failure is a 4xx."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from api.schemas import JobCreate
+from core.engines import catalog
+from core.errors import (
+    MarkupInvalid,
+    TextTooLong,
+    UnknownEngine,
+    UnknownVoice,
+    UnsupportedFormat,
+    ValidationFailed,
+)
+from core.settings import Settings
+from core.text import markup_kinds, normalize
+from core.webhooks import check_webhook_url
+from db.models import Job
+
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def request_hash(body: JobCreate) -> str:
+    raw = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def admit(body: JobCreate, settings: Settings) -> Job:
+    """Validate `body` against settings and engine capabilities; return an unsaved Job."""
+    text = normalize(body.text)
+    if len(text) > settings.max_text_chars:
+        raise TextTooLong(
+            f"text has {len(text)} characters; the limit is {settings.max_text_chars}. "
+            "Split it into several jobs.",
+            field="text",
+        )
+    engines = catalog(settings)
+    engine_name = body.engine or settings.default_engine
+    spec = engines.get(engine_name)
+    if spec is None:
+        raise UnknownEngine(
+            f"engine {engine_name!r} is not available; choose one of {sorted(engines)}",
+            field="engine",
+        )
+    voice = body.voice or spec.default_voice
+    if body.voice is not None and spec.voices is not None and body.voice not in spec.voices:
+        raise UnknownVoice(
+            f"voice {body.voice!r} is not offered by engine {engine_name!r}; "
+            f"choose one of {sorted(spec.voices)}",
+            field="voice",
+        )
+    if body.format not in spec.formats:
+        raise UnsupportedFormat(
+            f"format {body.format!r} is not supported; choose one of {list(spec.formats)}",
+            field="format",
+        )
+    unsupported = markup_kinds(text) - spec.markup
+    if unsupported:
+        raise MarkupInvalid(
+            f"engine {engine_name!r} does not understand {', '.join(sorted(unsupported))} markup",
+            field="text",
+        )
+    lo, hi = spec.speed_range
+    if not lo <= body.speed <= hi:
+        raise ValidationFailed(f"speed must be between {lo} and {hi}", field="speed")
+    if body.sample_rate is not None and body.sample_rate not in SAMPLE_RATES:
+        raise ValidationFailed(
+            f"sample_rate must be one of {list(SAMPLE_RATES)}", field="sample_rate"
+        )
+    if body.webhook_url is not None:
+        check_webhook_url(body.webhook_url, allow_private=settings.webhook_allow_private)
+    metadata = body.metadata or {}
+    if len(json.dumps(metadata)) > settings.max_metadata_bytes:
+        raise ValidationFailed(
+            f"metadata is larger than {settings.max_metadata_bytes} bytes of JSON",
+            field="metadata",
+        )
+    return Job(
+        engine=engine_name,
+        voice=voice,
+        text=text,
+        format=body.format,
+        sample_rate=body.sample_rate,
+        speed=body.speed,
+        priority=body.priority.value,
+        webhook_url=body.webhook_url,
+        metadata_=metadata,
+        max_attempts=settings.max_attempts,
+        attempts=0,
+        segments_done=0,
+    )

@@ -1,0 +1,37 @@
+"""The FastAPI app factory. `uvicorn api.main:app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.routes import health, jobs
+from core.logging import configure_logging
+from core.settings import get_settings
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="voicefarm",
+        version="0.1.0",
+        summary="Asynchronous text-to-speech jobs: submit, poll or get a signed webhook, "
+        "download the audio.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app
+
+
+app = create_app()

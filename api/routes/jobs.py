@@ -1,0 +1,211 @@
+"""/v1/jobs: submit, read, list, cancel, fetch audio, read webhook deliveries."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from sqlalchemy.exc import IntegrityError
+
+from api.admission import admit, request_hash
+from api.deps import SessionDep, SettingsDep, StorageDep
+from api.errors import responses
+from api.metrics import JOBS_SUBMITTED
+from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDeliveryOut
+from core.enums import JobStatus
+from core.errors import (
+    AudioNotReady,
+    IdempotencyConflict,
+    InvalidCursor,
+    JobNotCancelable,
+    JobNotFound,
+    MarkupInvalid,
+    TextEmpty,
+    TextTooLong,
+    UnknownEngine,
+    UnknownVoice,
+    UnsupportedFormat,
+    ValidationFailed,
+    WebhookUrlForbidden,
+    WebhookUrlInvalid,
+)
+from db import jobs as q
+from db import webhooks as wq
+from db.models import Job
+from db.session import after_commit, commit, rollback
+from db.views import job_view
+from tasks.send import send_synthesize, send_webhooks
+
+log = logging.getLogger("voicefarm.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _out(job: Job, base_url: str) -> JobOut:
+    return JobOut.model_validate(job_view(job, base_url))
+
+
+def _safe_publish(job: Job, deliveries: list[str]) -> None:
+    """Publish after commit. If the broker is down the job is still safe in PostgreSQL and the
+    reconciler publishes it once the grace period passes; the client still gets its 202."""
+    try:
+        send_synthesize(job.id, job.engine, job.priority)
+        send_webhooks(deliveries)
+    except Exception:
+        log.warning(
+            "event=jobs.publish_failed job=%s (the reconciler will retry)", job.id, exc_info=True
+        )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses=responses(
+        TextEmpty,
+        TextTooLong,
+        MarkupInvalid,
+        UnknownEngine,
+        UnknownVoice,
+        UnsupportedFormat,
+        WebhookUrlInvalid,
+        WebhookUrlForbidden,
+        ValidationFailed,
+        IdempotencyConflict,
+    ),
+)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    """Submit a synthesis job; answers at once with the queued job."""
+    digest = request_hash(body)
+    if idempotency_key:
+        existing = q.find_by_idempotency_key(session, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest, settings.public_base_url, response)
+    job = admit(body, settings)
+    job.idempotency_key = idempotency_key
+    job.request_hash = digest
+    try:
+        deliveries = q.create_job(session, job, settings.public_base_url)
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        rollback(session)
+        existing = q.find_by_idempotency_key(session, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, digest, settings.public_base_url, response)
+    after_commit(session, lambda: _safe_publish(job, deliveries))
+    out = _out(job, settings.public_base_url)
+    commit(session)
+    JOBS_SUBMITTED.labels(job.engine).inc()
+    response.headers["Location"] = out.links.self
+    return out
+
+
+def _replay(existing: Job, digest: str, base_url: str, response: Response) -> JobOut:
+    if existing.request_hash != digest:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    response.headers["Idempotent-Replayed"] = "true"
+    return _out(existing, base_url)
+
+
+@router.get("", response_model=JobList, responses=responses(InvalidCursor))
+def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> JobList:
+    """List jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    rows, next_cursor = q.list_jobs(session, status=status, limit=limit, cursor=cursor)
+    return JobList(items=[_out(j, settings.public_base_url) for j in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=responses(JobNotFound))
+def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> JobOut:
+    """Read a job: status, attempts, progress, timings, error and result."""
+    return _out(q.get_job(session, job_id), settings.public_base_url)
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=JobOut, responses=responses(JobNotFound, JobNotCancelable)
+)
+def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> JobOut:
+    """Cancel a queued or running job; a running one stops at its next segment."""
+    job, deliveries = q.cancel_job(session, job_id, settings.public_base_url)
+    after_commit(session, lambda: send_webhooks(deliveries))
+    out = _out(job, settings.public_base_url)
+    commit(session)
+    return out
+
+
+@router.get(
+    "/{job_id}/audio",
+    responses={
+        200: {"content": {"audio/wav": {}}, "description": "The audio file"},
+        307: {"description": "Redirect to a presigned S3 URL"},
+        **responses(JobNotFound, AudioNotReady),
+    },
+    response_model=None,
+)
+def get_audio(
+    job_id: uuid.UUID, session: SessionDep, storage: StorageDep
+) -> StreamingResponse | RedirectResponse:
+    """Download the audio of a succeeded job (streamed, or a redirect to S3)."""
+    job = q.get_job(session, job_id)
+    if job.status != JobStatus.succeeded or not job.result_key:
+        raise AudioNotReady(f"job {job_id} is {job.status}; audio exists once it has succeeded")
+    url = storage.presigned_url(job.result_key)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    return StreamingResponse(
+        storage.iter_bytes(job.result_key),
+        media_type="audio/wav",
+        headers={
+            "Content-Length": str(job.result_bytes),
+            "ETag": f'"{job.result_sha256}"',
+            "Content-Disposition": f'attachment; filename="{job_id}.{job.result_format}"',
+        },
+    )
+
+
+@router.get(
+    "/{job_id}/webhooks",
+    response_model=list[WebhookDeliveryOut],
+    responses=responses(JobNotFound),
+)
+def get_webhooks(job_id: uuid.UUID, session: SessionDep) -> list[WebhookDeliveryOut]:
+    """Every webhook event of a job, with each delivery attempt."""
+    q.get_job(session, job_id)
+    deliveries = wq.deliveries_for_job(session, job_id)
+    attempts = wq.attempts_for(session, [d.id for d in deliveries])
+    out = []
+    for d in deliveries:
+        history = [
+            WebhookAttemptOut.model_validate(a, from_attributes=True)
+            for a in attempts
+            if a.delivery_id == d.id
+        ]
+        out.append(
+            WebhookDeliveryOut(
+                id=d.id,
+                event=d.event,
+                url=d.url,
+                status=d.status,
+                attempts=d.attempts,
+                next_attempt_at=d.next_attempt_at if d.status == "pending" else None,
+                delivered_at=d.delivered_at,
+                history=history,
+            )
+        )
+    return out

@@ -1,0 +1,116 @@
+"""Request and response bodies (they become the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.enums import JobStatus, Priority
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(
+        ...,
+        description="Text to speak. ARPAbet markup like `[M][AY0][N][UW1][T]` fixes English "
+        "pronunciation; pinyin like `她[h][ào]干净` fixes Chinese polyphones (engines that "
+        "support it).",
+        examples=["Hello from voicefarm."],
+    )
+    engine: str | None = Field(None, description="Engine name; default from settings.")
+    voice: str | None = Field(None, description="Voice name; default is the engine's default.")
+    format: str = Field("wav", description="Audio container.")
+    sample_rate: int | None = Field(None, description="Resample the result to this rate (Hz).")
+    speed: float = Field(1.0, description="Speaking rate multiplier.")
+    webhook_url: str | None = Field(
+        None, description="Receives signed Standard Webhooks events for this job."
+    )
+    priority: Priority = Priority.interactive
+    metadata: dict[str, Any] | None = Field(None, description="Opaque, echoed back.")
+
+
+class Progress(BaseModel):
+    segments_done: int
+    segments_total: int | None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobResult(BaseModel):
+    url: str
+    format: str
+    sample_rate: int
+    duration_s: float
+    bytes: int
+    sha256: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    cancel: str
+    audio: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    engine: str
+    voice: str | None
+    format: str
+    priority: str
+    metadata: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: JobError | None
+    result: JobResult | None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class WebhookAttemptOut(BaseModel):
+    attempt: int
+    attempted_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    succeeded: bool
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str
+    event: str
+    url: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    history: list[WebhookAttemptOut]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]

@@ -1,0 +1,1 @@
+"""The `voicefarm` command: `say`, `workers`, `migrate`, `farm` (what `make run` starts)."""

@@ -1,0 +1,118 @@
+"""`voicefarm farm` (what `make run` starts), `voicefarm workers`, `voicefarm migrate`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from core.logging import configure_logging
+from core.settings import Settings, get_settings
+
+
+def _check_redis(settings: Settings) -> str | None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        return (
+            f"Redis at {settings.redis_url} is unreachable ({exc}). Start it (e.g. "
+            "`redis-server --daemonize yes`) or set VOICEFARM_REDIS_URL."
+        )
+    return None
+
+
+def run_migrate(timeout: float = 30.0) -> int:
+    from db.migrate import DatabaseUnreachable, upgrade, wait_for_database
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    try:
+        wait_for_database(settings.database_url, timeout=timeout)
+    except DatabaseUnreachable as exc:
+        print(f"voicefarm: {exc}", file=sys.stderr)
+        return 1
+    upgrade(settings.database_url)
+    return 0
+
+
+def run_workers() -> int:
+    from workers.supervisor import Supervisor, worker_specs
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    supervisor = Supervisor(worker_specs(settings), on_restart=_count_restart(settings))
+    return supervisor.run()
+
+
+def _count_restart(settings: Settings):  # type: ignore[no-untyped-def]
+    from prometheus_client import Counter, start_http_server
+
+    restarts = Counter("voicefarm_worker_restarts_total", "Worker restarts", ["worker", "reason"])
+    if settings.supervisor_metrics_port:  # 0: off
+        start_http_server(settings.supervisor_metrics_port)
+
+    def on_restart(worker: str, reason: str) -> None:
+        restarts.labels(worker, reason).inc()
+
+    return on_restart
+
+
+def run_farm() -> int:
+    """Everything on one machine, in the foreground; Ctrl-C (or SIGTERM) stops every process."""
+    from workers.supervisor import ChildSpec, Supervisor, celery_argv
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    log = logging.getLogger("voicefarm.farm")
+    problem = _check_redis(settings)
+    if problem:
+        print(f"voicefarm: {problem}", file=sys.stderr)
+        return 1
+    if run_migrate(timeout=10.0):
+        return 1
+    state = settings.worker_state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    exe = sys.executable
+    specs = [
+        ChildSpec(
+            "api",
+            [
+                exe,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--host",
+                settings.api_host,
+                "--port",
+                str(settings.api_port),
+            ],
+        ),
+        ChildSpec("workers", [exe, "-m", "cli.main", "workers"]),
+        ChildSpec(
+            "beat",
+            celery_argv(
+                "beat", "--loglevel", settings.log_level, "-s", str(state / "celerybeat-schedule")
+            ),
+        ),
+        ChildSpec(
+            "flower",
+            celery_argv(
+                "flower",
+                f"--port={settings.flower_port}",
+                "--address=127.0.0.1",
+                f"--basic-auth={settings.flower_basic_auth.get_secret_value()}",
+                "--persistent=True",
+                f"--db={state / 'flower.db'}",
+            ),
+        ),
+    ]
+    log.info(
+        "event=farm.start api=http://%s:%d flower=http://127.0.0.1:%d",
+        settings.api_host,
+        settings.api_port,
+        settings.flower_port,
+    )
+    return Supervisor(specs).run()

@@ -1,0 +1,46 @@
+"""`voicefarm <command>`; each command imports only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voicefarm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    say = sub.add_parser("say", help="synthesize text through the HTTP API and save the audio")
+    say.add_argument("text", help="text to speak ('-' reads standard input)")
+    say.add_argument("-o", "--output", default="out.wav", help="where to write the audio")
+    say.add_argument("--api", default=None, help="API base URL (default VOICEFARM_PUBLIC_BASE_URL)")
+    say.add_argument("--engine")
+    say.add_argument("--voice")
+    say.add_argument("--speed", type=float, default=1.0)
+    say.add_argument("--sample-rate", type=int)
+    say.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+
+    sub.add_parser("workers", help="run the worker supervisor (one process per GPU)")
+    sub.add_parser("migrate", help="wait for PostgreSQL and apply migrations")
+    sub.add_parser("farm", help="migrate, then run API, workers, beat and Flower (make run)")
+
+    args = parser.parse_args(argv)
+    if args.command == "say":
+        from cli.say import run_say
+
+        return run_say(args)
+    if args.command == "workers":
+        from cli.farm import run_workers
+
+        return run_workers()
+    if args.command == "migrate":
+        from cli.farm import run_migrate
+
+        return run_migrate()
+    from cli.farm import run_farm
+
+    return run_farm()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared by every side of voicefarm: settings, storage, errors, text, webhooks signing."""

@@ -1,0 +1,69 @@
+"""Statuses, queues, task names and event names: one spelling each, shared by every side."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+class Priority(StrEnum):
+    """Interactive and batch work go to separate queues: Redis priorities are approximate."""
+
+    interactive = "interactive"
+    batch = "batch"
+
+
+class TaskName(StrEnum):
+    synthesize = "jobs.synthesize"
+    deliver_webhook = "webhooks.deliver"
+    reconcile = "maintenance.reconcile"
+
+
+class Queue(StrEnum):
+    webhooks = "webhooks"
+    maintenance = "maintenance"
+
+
+def synth_queue(engine: str, priority: Priority = Priority.interactive) -> str:
+    """`synth.<engine>` for interactive work, `synth.<engine>.batch` for batch work."""
+    base = f"synth.{engine}"
+    return base if priority == Priority.interactive else f"{base}.batch"
+
+
+class WebhookEvent(StrEnum):
+    queued = "job.queued"
+    started = "job.started"
+    progress = "job.progress"
+    succeeded = "job.succeeded"
+    failed = "job.failed"
+    canceled = "job.canceled"
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"
+    sending = "sending"
+    delivered = "delivered"
+    failed = "failed"  # retries exhausted
+    disabled = "disabled"  # receiver answered 410 Gone
+
+
+class ErrorCode(StrEnum):
+    """Codes recorded on a failed job."""
+
+    max_attempts = "max_attempts_exceeded"
+    engine_error = "engine_error"
+    engine_unavailable = "engine_unavailable"
+    storage_error = "storage_error"
+    out_of_memory = "out_of_memory"
+    deadline_exceeded = "deadline_exceeded"
+    invalid_input = "invalid_input"

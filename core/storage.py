@@ -1,0 +1,179 @@
+"""Where audio lands: a local folder (embedded default) or any S3-compatible store (MinIO, AWS).
+
+Keys look like `jobs/<job_id>/<attempt>.<ext>`, so a retried attempt never overwrites the audio of
+another attempt and a stale worker's upload is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from core.errors import StorageError
+from core.settings import Settings, StorageBackend
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+def job_audio_key(job_id: str, attempt: int, ext: str) -> str:
+    return f"jobs/{job_id}/{attempt}.{ext}"
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def presigned_url(self, key: str) -> str | None:
+        """A URL the client can GET directly, or None when the API must stream the object."""
+
+    def iter_bytes(self, key: str, chunk: int = 64 * 1024) -> Iterator[bytes]: ...
+    def check(self) -> None:
+        """Raise StorageError unless the store is reachable and writable."""
+
+
+class FileStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise StorageError(f"key escapes the storage root: {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def presigned_url(self, key: str) -> str | None:
+        return None
+
+    def iter_bytes(self, key: str, chunk: int = 64 * 1024) -> Iterator[bytes]:
+        with self._path(key).open("rb") as f:
+            while block := f.read(chunk):
+                yield block
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".readyz"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"storage folder {self.root} is not writable: {exc}") from exc
+
+
+class S3Storage:
+    def __init__(self, settings: Settings) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = settings.s3_bucket
+        self.presign_seconds = settings.s3_presign_seconds
+        secret = settings.s3_secret_access_key
+        common: dict[str, Any] = {
+            "region_name": settings.s3_region,
+            "aws_access_key_id": settings.s3_access_key_id,
+            "aws_secret_access_key": secret.get_secret_value() if secret else None,
+            "config": Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 5, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+            ),
+        }
+        self.client: S3Client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, **common)
+        # Presigned URLs must name the host the client can reach (MinIO behind compose's DNS).
+        public = settings.s3_public_endpoint_url or settings.s3_endpoint_url
+        self.presigner: S3Client = boto3.client("s3", endpoint_url=public, **common)
+        self._bucket_ready = False
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise StorageError(f"bucket {self.bucket!r} is not usable: {exc}") from exc
+            self.client.create_bucket(Bucket=self.bucket)
+        self._bucket_ready = True
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._ensure_bucket()
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"upload of {key} failed: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError:
+            return False
+        return True
+
+    def presigned_url(self, key: str) -> str | None:
+        return self.presigner.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": key},
+            ExpiresIn=self.presign_seconds,
+        )
+
+    def iter_bytes(self, key: str, chunk: int = 64 * 1024) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        yield from body.iter_chunks(chunk)
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._ensure_bucket()
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"S3 endpoint is not reachable: {exc}") from exc
+
+
+def make_storage(settings: Settings) -> Storage:
+    if settings.storage_backend == StorageBackend.s3:
+        return S3Storage(settings)
+    return FileStorage(settings.storage_dir)
+
+
+@lru_cache
+def _cached(settings: Settings) -> Storage:
+    return make_storage(settings)
+
+
+def get_storage(settings: Settings) -> Storage:
+    """One storage client per process and settings object (created lazily, never at import)."""
+    return _cached(settings)

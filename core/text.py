@@ -1,0 +1,182 @@
+"""Text markup (pinyin `[h][ào]`, ARPAbet `[M][AY0]`) and sentence segmentation.
+
+Markup is a run of bracketed tokens. A run whose tokens are all ARPAbet phones is English phoneme
+markup; one whose tokens are pinyin initials/finals is Chinese pinyin markup. Anything else in
+brackets is an error the client can fix, reported with its position.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from core.errors import MarkupInvalid, TextEmpty
+
+
+class MarkupKind(StrEnum):
+    pinyin = "pinyin"
+    arpabet = "arpabet"
+
+
+ARPABET_PHONES = frozenset(
+    [
+        "AA",
+        "AE",
+        "AH",
+        "AO",
+        "AW",
+        "AY",
+        "B",
+        "CH",
+        "D",
+        "DH",
+        "EH",
+        "ER",
+        "EY",
+        "F",
+        "G",
+        "HH",
+        "IH",
+        "IY",
+        "JH",
+        "K",
+        "L",
+        "M",
+        "N",
+        "NG",
+        "OW",
+        "OY",
+        "P",
+        "R",
+        "S",
+        "SH",
+        "T",
+        "TH",
+        "UH",
+        "UW",
+        "V",
+        "W",
+        "Y",
+        "Z",
+        "ZH",
+    ]
+)
+ARPABET_VOWELS = frozenset(p for p in ARPABET_PHONES if p[0] in "AEIOU")
+_ARPABET_RE = re.compile(r"^([A-Z]{1,2})([012])?$")
+# Pinyin initials and finals, with tone marks or a tone digit (1-5).
+_PINYIN_RE = re.compile(r"^[a-zü\u0101-\u01dc\u00e0-\u00fa\u0300-\u036f]+[1-5]?$")
+_RUN_RE = re.compile(r"(?:\[[^\[\]]*\])+")
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？；;…])\s+|(?<=[。！？；])|\n+")
+
+
+@dataclass(frozen=True)
+class MarkupRun:
+    kind: MarkupKind
+    tokens: tuple[str, ...]
+    start: int
+    end: int
+
+
+def _classify(tokens: list[str], start: int) -> MarkupKind:
+    if all(_is_arpabet(t) for t in tokens):
+        return MarkupKind.arpabet
+    if all(_PINYIN_RE.match(t) for t in tokens):
+        return MarkupKind.pinyin
+    bad = next(t for t in tokens if not (_is_arpabet(t) or _PINYIN_RE.match(t)))
+    raise MarkupInvalid(
+        f"'[{bad}]' at character {start} is neither an ARPAbet phone (e.g. [AY1]) nor pinyin "
+        "(e.g. [h][ào]); don't mix the two in one run",
+        field="text",
+    )
+
+
+def _is_arpabet(token: str) -> bool:
+    m = _ARPABET_RE.match(token)
+    if not m or m.group(1) not in ARPABET_PHONES:
+        return False
+    # Stress digits belong on vowels only.
+    return m.group(2) is None or m.group(1) in ARPABET_VOWELS
+
+
+def parse_markup(text: str) -> list[MarkupRun]:
+    """Every markup run in `text`; raises MarkupInvalid on unbalanced or unknown brackets."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+            if depth > 1:
+                raise MarkupInvalid(f"nested '[' at character {i}", field="text")
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise MarkupInvalid(f"']' without '[' at character {i}", field="text")
+    if depth:
+        raise MarkupInvalid("a '[' is never closed", field="text")
+    runs = []
+    for m in _RUN_RE.finditer(text):
+        tokens = re.findall(r"\[([^\[\]]*)\]", m.group(0))
+        empty = [t for t in tokens if not t.strip()]
+        if empty:
+            raise MarkupInvalid(f"empty brackets at character {m.start()}", field="text")
+        tokens = [t.strip() for t in tokens]
+        runs.append(MarkupRun(_classify(tokens, m.start()), tuple(tokens), m.start(), m.end()))
+    return runs
+
+
+def markup_kinds(text: str) -> set[MarkupKind]:
+    return {run.kind for run in parse_markup(text)}
+
+
+def normalize(text: str) -> str:
+    """Collapse runs of spaces and trim; keep newlines as sentence breaks."""
+    lines = [" ".join(line.split()) for line in text.replace("\r\n", "\n").split("\n")]
+    out = "\n".join(line for line in lines if line)
+    if not out:
+        raise TextEmpty("text is empty after trimming whitespace", field="text")
+    return out
+
+
+def split_segments(text: str, max_chars: int) -> list[str]:
+    """Split into sentences, then pack short ones together up to `max_chars`.
+
+    A sentence longer than `max_chars` is cut at the last comma or space before the limit, never
+    inside a markup run, so each segment is a unit an engine can synthesize on its own.
+    """
+    sentences = [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    pieces: list[str] = []
+    for sentence in sentences:
+        pieces.extend(_cut(sentence, max_chars))
+    segments: list[str] = []
+    for piece in pieces:
+        if segments and len(segments[-1]) + 1 + len(piece) <= max_chars:
+            segments[-1] = f"{segments[-1]} {piece}"
+        else:
+            segments.append(piece)
+    return segments
+
+
+def _cut(sentence: str, max_chars: int) -> list[str]:
+    out = []
+    while len(sentence) > max_chars:
+        protected = [(r.start, r.end) for r in parse_markup(sentence)]
+        cut = _cut_point(sentence, max_chars, protected)
+        out.append(sentence[:cut].strip())
+        sentence = sentence[cut:].strip()
+    if sentence:
+        out.append(sentence)
+    return out
+
+
+def _cut_point(sentence: str, limit: int, protected: list[tuple[int, int]]) -> int:
+    def inside(i: int) -> bool:
+        return any(a < i < b for a, b in protected)
+
+    for seps in (",，、:：", " "):
+        for i in range(limit, 0, -1):
+            if sentence[i - 1] in seps and not inside(i):
+                return i
+    for i in range(limit, 0, -1):
+        if not inside(i):
+            return i
+    return limit

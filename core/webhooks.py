@@ -1,0 +1,99 @@
+"""Standard Webhooks signing and the webhook-URL policy (SSRF guard), shared by API and tasks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import random
+import socket
+from urllib.parse import urlsplit
+
+from core.errors import WebhookUrlForbidden, WebhookUrlInvalid
+
+MAX_URL_LENGTH = 2048
+
+
+def secret_bytes(secret: str) -> bytes:
+    """`whsec_<base64>` -> key bytes, as the Standard Webhooks libraries read it."""
+    body = secret.removeprefix("whsec_")
+    return base64.b64decode(body)
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value: `v1,<base64 HMAC-SHA256 of id.timestamp.body>`."""
+    to_sign = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_bytes(secret), to_sign, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(secret: str, msg_id: str, timestamp: int, body: bytes, header: str) -> bool:
+    expected = sign(secret, msg_id, timestamp, body).split(",", 1)[1]
+    for part in header.split():
+        version, _, sig = part.partition(",")
+        if version == "v1" and hmac.compare_digest(sig, expected):
+            return True
+    return False
+
+
+def retry_delay(schedule: tuple[float, ...], attempt: int, jitter: float) -> float | None:
+    """Seconds to wait before attempt `attempt` (1-based), or None when the schedule is spent."""
+    if attempt > len(schedule):
+        return None
+    base = schedule[attempt - 1]
+    return max(0.0, base * (1 + random.uniform(-jitter, jitter)))
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_webhook_url(url: str, *, allow_private: bool, resolve: bool = True) -> str:
+    """Validate a webhook target; refuse loopback, private and link-local unless allowed.
+
+    `resolve` looks the host up so a public name that points at 127.0.0.1 is refused too; the
+    delivery task checks again right before connecting (DNS can change in between).
+    """
+    if len(url) > MAX_URL_LENGTH:
+        raise WebhookUrlInvalid(f"webhook_url is longer than {MAX_URL_LENGTH} characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookUrlInvalid(
+            "webhook_url must be an absolute http(s) URL, e.g. https://example.com/hooks",
+            field="webhook_url",
+        )
+    if parts.username or parts.password:
+        raise WebhookUrlInvalid("webhook_url must not carry credentials", field="webhook_url")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise WebhookUrlInvalid(f"webhook_url has a bad port: {exc}", field="webhook_url") from exc
+    if allow_private:
+        return url
+    host = parts.hostname
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+            raise WebhookUrlForbidden(
+                f"webhook_url host {host!r} is not public", field="webhook_url"
+            ) from None
+        if not resolve:
+            return url
+        try:
+            infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
+        except OSError as exc:
+            raise WebhookUrlInvalid(
+                f"webhook_url host {host!r} does not resolve", field="webhook_url"
+            ) from exc
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not all(_is_public(a) for a in addresses):
+        raise WebhookUrlForbidden(
+            f"webhook_url points at a private, loopback or link-local address ({host}); "
+            "set VOICEFARM_WEBHOOK_ALLOW_PRIVATE=true to allow it",
+            field="webhook_url",
+        )
+    return url

@@ -1,0 +1,1 @@
+"""PostgreSQL: models, sessions, and the small queries that move a job through its states."""

@@ -1,0 +1,307 @@
+"""The queries that change a job's state. Each only flushes; the caller's scope commits.
+
+Every write a worker makes after its claim is fenced by the attempt number: `WHERE status =
+'running' AND attempts = :attempt`. A worker whose lease expired (and whose job was claimed again)
+matches no row, so it can never overwrite a newer attempt or finish a job twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from core.enums import ErrorCode, JobStatus, WebhookEvent
+from core.errors import InvalidCursor, JobNotCancelable, JobNotFound
+from db.models import Job
+from db.webhooks import add_event
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: uuid.UUID
+    attempt: int
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class AudioResult:
+    key: str
+    format: str
+    sample_rate: int
+    duration_s: float
+    bytes: int
+    sha256: str
+
+
+def get_job(session: Session, job_id: uuid.UUID, *, lock: bool = False) -> Job:
+    stmt = select(Job).where(Job.id == job_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    job = session.scalar(stmt.execution_options(populate_existing=True))
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return job
+
+
+def find_by_idempotency_key(session: Session, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.idempotency_key == key))
+
+
+def create_job(session: Session, job: Job, base_url: str) -> list[str]:
+    """Insert a queued job and its `job.queued` event; returns delivery ids to send after commit."""
+    job.status = JobStatus.queued.value
+    job.dispatched_at = func.now()  # type: ignore[assignment]
+    session.add(job)
+    session.flush()
+    session.refresh(job)
+    delivery = add_event(session, job, WebhookEvent.queued, base_url)
+    return [delivery] if delivery else []
+
+
+def _fenced(claim: Claim) -> ColumnElement[bool]:
+    return and_(
+        Job.id == claim.job_id,
+        Job.status == JobStatus.running.value,
+        Job.attempts == claim.attempt,
+    )
+
+
+def claim_job(
+    session: Session, job_id: uuid.UUID, worker_id: str, lease_seconds: float
+) -> Claim | None:
+    """queued -> running, atomically. None when the job is not queued (duplicate delivery)."""
+    attempt = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued.value)
+        .values(
+            status=JobStatus.running.value,
+            attempts=Job.attempts + 1,
+            worker_id=worker_id,
+            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, func.now()),
+            segments_done=0,
+        )
+        .returning(Job.attempts)
+    ).scalar_one_or_none()
+    return None if attempt is None else Claim(job_id, attempt, worker_id)
+
+
+def heartbeat(
+    session: Session,
+    claim: Claim,
+    lease_seconds: float,
+    *,
+    segments_done: int | None = None,
+    segments_total: int | None = None,
+) -> bool:
+    """Extend the lease and record progress. False: the job was canceled or taken from us."""
+    values: dict[str, Any] = {"lease_expires_at": func.now() + timedelta(seconds=lease_seconds)}
+    if segments_done is not None:
+        values["segments_done"] = segments_done
+    if segments_total is not None:
+        values["segments_total"] = segments_total
+    res = session.execute(update(Job).where(_fenced(claim)).values(**values).returning(Job.id))
+    return res.scalar_one_or_none() is not None
+
+
+def finish_success(
+    session: Session, claim: Claim, result: AudioResult, base_url: str
+) -> list[str] | None:
+    """running -> succeeded; None if the fence failed (the caller should delete its upload)."""
+    job_id = session.execute(
+        update(Job)
+        .where(_fenced(claim))
+        .values(
+            status=JobStatus.succeeded.value,
+            finished_at=func.now(),
+            lease_expires_at=None,
+            segments_done=Job.segments_total,
+            error_code=None,
+            error_message=None,
+            result_key=result.key,
+            result_format=result.format,
+            result_sample_rate=result.sample_rate,
+            result_duration_s=result.duration_s,
+            result_bytes=result.bytes,
+            result_sha256=result.sha256,
+        )
+        .returning(Job.id)
+    ).scalar_one_or_none()
+    if job_id is None:
+        return None
+    return _event(session, job_id, WebhookEvent.succeeded, base_url)
+
+
+def finish_failure(
+    session: Session, claim: Claim, code: str, message: str, base_url: str
+) -> list[str] | None:
+    job_id = session.execute(
+        update(Job)
+        .where(_fenced(claim))
+        .values(
+            status=JobStatus.failed.value,
+            finished_at=func.now(),
+            lease_expires_at=None,
+            error_code=code,
+            error_message=message[:2000],
+        )
+        .returning(Job.id)
+    ).scalar_one_or_none()
+    if job_id is None:
+        return None
+    return _event(session, job_id, WebhookEvent.failed, base_url)
+
+
+def release(
+    session: Session, claim: Claim, code: str, message: str, base_url: str
+) -> list[str] | None:
+    """Give a running job back to the queue (transient failure), or fail it when out of attempts.
+
+    Returns delivery ids; the caller re-publishes the job when it is queued again.
+    """
+    job = session.scalar(select(Job).where(_fenced(claim)).with_for_update())
+    if job is None:
+        return None
+    if job.attempts >= job.max_attempts:
+        return finish_failure(
+            session,
+            claim,
+            ErrorCode.max_attempts.value,
+            f"gave up after {job.attempts} attempts; last error ({code}): {message}",
+            base_url,
+        )
+    job.status = JobStatus.queued.value
+    job.worker_id = None
+    job.lease_expires_at = None
+    job.dispatched_at = func.now()  # type: ignore[assignment]
+    job.error_code = code
+    job.error_message = message[:2000]
+    session.flush()
+    return []
+
+
+def cancel_job(session: Session, job_id: uuid.UUID, base_url: str) -> tuple[Job, list[str]]:
+    """Cancel a queued or running job. A running worker notices at its next heartbeat."""
+    job = get_job(session, job_id, lock=True)
+    if JobStatus(job.status).is_terminal():
+        raise JobNotCancelable(
+            f"job {job_id} is already {job.status}; only queued or running jobs can be canceled"
+        )
+    job.status = JobStatus.canceled.value
+    job.finished_at = func.now()  # type: ignore[assignment]
+    job.lease_expires_at = None
+    job.error_code = None
+    job.error_message = None
+    session.flush()
+    session.refresh(job)
+    return job, _event(session, job.id, WebhookEvent.canceled, base_url)
+
+
+def _event(session: Session, job_id: uuid.UUID, event: WebhookEvent, base_url: str) -> list[str]:
+    job = get_job(session, job_id)
+    delivery = add_event(session, job, event, base_url)
+    return [delivery] if delivery else []
+
+
+def started_event(session: Session, claim: Claim, base_url: str) -> list[str]:
+    return _event(session, claim.job_id, WebhookEvent.started, base_url)
+
+
+# --- reconciler -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Redispatch:
+    job_id: uuid.UUID
+    engine: str
+    priority: str
+
+
+def requeue_expired_leases(session: Session, base_url: str) -> tuple[list[Redispatch], list[str]]:
+    """running jobs whose lease ran out (worker killed or hung) -> queued, or failed when spent."""
+    rows = session.scalars(
+        select(Job)
+        .where(Job.status == JobStatus.running.value, Job.lease_expires_at < func.now())
+        .with_for_update(skip_locked=True)
+        .limit(200)
+    ).all()
+    again: list[Redispatch] = []
+    deliveries: list[str] = []
+    for job in rows:
+        claim = Claim(job.id, job.attempts, job.worker_id or "")
+        msg = f"worker {job.worker_id} stopped renewing its lease during attempt {job.attempts}"
+        out = release(session, claim, "lease_expired", msg, base_url)
+        deliveries.extend(out or [])
+        if job.status == JobStatus.queued.value:
+            again.append(Redispatch(job.id, job.engine, job.priority))
+    return again, deliveries
+
+
+def stale_queued(session: Session, grace_seconds: float, limit: int = 500) -> list[Redispatch]:
+    """Queued jobs that nobody claimed within the grace period: their message may be lost."""
+    cutoff = func.now() - timedelta(seconds=grace_seconds)
+    rows = session.execute(
+        select(Job.id, Job.engine, Job.priority)
+        .where(
+            Job.status == JobStatus.queued.value,
+            or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    ids = [r.id for r in rows]
+    if ids:
+        session.execute(update(Job).where(Job.id.in_(ids)).values(dispatched_at=func.now()))
+    return [Redispatch(r.id, r.engine, r.priority) for r in rows]
+
+
+# --- listing --------------------------------------------------------------------------------
+
+
+def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, _, jid = raw.partition("|")
+        return datetime.fromisoformat(ts), uuid.UUID(jid)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor("cursor is not one this API returned") from exc
+
+
+def list_jobs(
+    session: Session, *, status: JobStatus | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        stmt = stmt.where(Job.status == status.value)
+    if cursor:
+        ts, jid = decode_cursor(cursor)
+        stmt = stmt.where(or_(Job.created_at < ts, and_(Job.created_at == ts, Job.id < jid)))
+    rows = list(session.scalars(stmt))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = encode_cursor(last.created_at, last.id)
+    return rows, next_cursor
+
+
+def queue_depth(session: Session) -> dict[tuple[str, str], int]:
+    rows = session.execute(
+        select(Job.engine, Job.status, func.count())
+        .where(Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
+        .group_by(Job.engine, Job.status)
+    ).all()
+    return {(r[0], r[1]): r[2] for r in rows}

@@ -1,0 +1,56 @@
+"""Engine and sessions. Commit happens only here, at the boundary; everything inside flushes.
+
+Work that must follow a commit (sending a Celery message) is registered with `after_commit` and
+runs only once the transaction is durable; a rollback drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+_AFTER_COMMIT = "voicefarm_after_commit"
+
+
+@lru_cache
+def get_engine(url: str) -> Engine:
+    # Created lazily per process (house rule 5); pool_pre_ping survives a PostgreSQL restart.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, future=True)
+
+
+def get_sessionmaker(url: str) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(url), expire_on_commit=False, autoflush=True)
+
+
+def after_commit(session: Session, fn: Callable[[], object]) -> None:
+    session.info.setdefault(_AFTER_COMMIT, []).append(fn)
+
+
+def commit(session: Session) -> None:
+    """Commit, then run the callbacks registered for this transaction."""
+    session.commit()
+    callbacks = session.info.pop(_AFTER_COMMIT, [])
+    for fn in callbacks:
+        fn()
+
+
+def rollback(session: Session) -> None:
+    session.rollback()
+    session.info.pop(_AFTER_COMMIT, None)
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    session = get_sessionmaker(url)()
+    try:
+        yield session
+        commit(session)
+    except BaseException:
+        rollback(session)
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,54 @@
+"""The public shape of a job: one function, used by API responses and webhook payloads alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from db.models import Job
+
+
+def iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_view(job: Job, base_url: str) -> dict[str, Any]:
+    base = base_url.rstrip("/")
+    self_url = f"{base}/v1/jobs/{job.id}"
+    result = None
+    if job.status == "succeeded" and job.result_key:
+        result = {
+            "url": f"{self_url}/audio",
+            "format": job.result_format,
+            "sample_rate": job.result_sample_rate,
+            "duration_s": job.result_duration_s,
+            "bytes": job.result_bytes,
+            "sha256": job.result_sha256,
+        }
+    error = None
+    if job.error_code:
+        error = {"code": job.error_code, "message": job.error_message or ""}
+    return {
+        "id": str(job.id),
+        "status": job.status,
+        "engine": job.engine,
+        "voice": job.voice,
+        "format": job.format,
+        "priority": job.priority,
+        "metadata": job.metadata_ or {},
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "progress": {
+            "segments_done": job.segments_done,
+            "segments_total": job.segments_total,
+        },
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "error": error,
+        "result": result,
+        "links": {
+            "self": self_url,
+            "cancel": f"{self_url}/cancel",
+            "audio": f"{self_url}/audio",
+        },
+    }

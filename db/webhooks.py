@@ -1,0 +1,168 @@
+"""Webhook deliveries: written in the same transaction as the job change they announce."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from core.enums import DeliveryStatus, WebhookEvent
+from db.models import Job, WebhookAttempt, WebhookDelivery
+
+__all__ = ["WebhookDelivery", "add_event", "claim_delivery", "record_attempt"]
+from db.views import job_view
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_urlsafe(18)
+
+
+def add_event(session: Session, job: Job, event: WebhookEvent, base_url: str) -> str | None:
+    """Queue `event` for the job's webhook; returns the delivery id, or None without a webhook."""
+    if not job.webhook_url:
+        return None
+    disabled = session.scalar(
+        select(func.count())
+        .select_from(WebhookDelivery)
+        .where(
+            WebhookDelivery.job_id == job.id,
+            WebhookDelivery.status == DeliveryStatus.disabled,
+        )
+    )
+    if disabled:
+        return None  # the receiver answered 410 Gone: stop sending to it
+    session.flush()
+    delivery = WebhookDelivery(
+        id=new_message_id(),
+        job_id=job.id,
+        url=job.webhook_url,
+        event=event.value,
+        payload={
+            "type": event.value,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "data": job_view(job, base_url),
+        },
+        status=DeliveryStatus.pending.value,
+        dispatched_at=func.now(),
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery.id
+
+
+def claim_delivery(
+    session: Session, delivery_id: str, lock_seconds: float
+) -> WebhookDelivery | None:
+    """Take a due delivery for one attempt; None if another worker has it or it is not due."""
+    now = func.now()
+    row = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            or_(
+                (WebhookDelivery.status == DeliveryStatus.pending)
+                & (WebhookDelivery.next_attempt_at <= now),
+                (WebhookDelivery.status == DeliveryStatus.sending)
+                & (WebhookDelivery.locked_until < now),
+            ),
+        )
+        .values(
+            status=DeliveryStatus.sending.value,
+            attempts=WebhookDelivery.attempts + 1,
+            locked_until=now + timedelta(seconds=lock_seconds),
+        )
+        .returning(WebhookDelivery.id)
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
+    return delivery
+
+
+def record_attempt(
+    session: Session,
+    delivery: WebhookDelivery,
+    *,
+    status_code: int | None,
+    error: str | None,
+    duration_ms: int,
+    outcome: DeliveryStatus,
+    retry_in: float | None,
+) -> None:
+    session.add(
+        WebhookAttempt(
+            delivery_id=delivery.id,
+            attempt=delivery.attempts,
+            duration_ms=duration_ms,
+            status_code=status_code,
+            error=error,
+            succeeded=outcome == DeliveryStatus.delivered,
+        )
+    )
+    values: dict[str, Any] = {
+        "status": outcome.value,
+        "last_status_code": status_code,
+        "locked_until": None,
+    }
+    if outcome == DeliveryStatus.delivered:
+        values["delivered_at"] = func.now()
+    if outcome == DeliveryStatus.pending and retry_in is not None:
+        values["next_attempt_at"] = func.now() + timedelta(seconds=retry_in)
+        values["dispatched_at"] = None
+    session.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id == delivery.id).values(**values)
+    )
+
+
+def due_deliveries(session: Session, grace_seconds: float = 30.0, limit: int = 100) -> list[str]:
+    """Deliveries that are due and not already handed to a worker (or whose worker vanished)."""
+    now = func.now()
+    ids = session.scalars(
+        select(WebhookDelivery.id)
+        .where(
+            or_(
+                (WebhookDelivery.status == DeliveryStatus.pending)
+                & (WebhookDelivery.next_attempt_at <= now)
+                & (
+                    WebhookDelivery.dispatched_at.is_(None)
+                    | (WebhookDelivery.dispatched_at < now - timedelta(seconds=grace_seconds))
+                ),
+                (WebhookDelivery.status == DeliveryStatus.sending)
+                & (WebhookDelivery.locked_until < now),
+            )
+        )
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if ids:
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(dispatched_at=now)
+        )
+    return list(ids)
+
+
+def deliveries_for_job(session: Session, job_id: uuid.UUID) -> list[WebhookDelivery]:
+    return list(
+        session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job_id)
+            .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+        )
+    )
+
+
+def attempts_for(session: Session, delivery_ids: list[str]) -> list[WebhookAttempt]:
+    if not delivery_ids:
+        return []
+    return list(
+        session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_(delivery_ids))
+            .order_by(WebhookAttempt.id)
+        )
+    )

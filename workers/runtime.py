@@ -1,0 +1,84 @@
+"""Per-process worker state: the loaded engines, this worker's id, and its liveness heartbeat.
+
+Built once in the worker process after it starts (Celery `worker_init`), never at import and
+never in a parent that forks; handed to every task through `current()`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.settings import Settings
+from workers import device as devices
+from workers.engines.base import Engine
+from workers.engines.registry import create_engine
+
+log = logging.getLogger("voicefarm.worker")
+
+# Exit code that tells the supervisor the device is unhealthy (CUDA OOM that a retry didn't fix).
+EXIT_DEVICE_UNHEALTHY = 75
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    worker_id: str
+    device: str
+    dtype: str
+    engines: dict[str, Engine] = field(default_factory=dict)
+    heartbeat_file: Path | None = None
+
+    def engine(self, name: str) -> Engine:
+        engine = self.engines.get(name)
+        if engine is None:
+            raise LookupError(f"this worker serves {sorted(self.engines)}, not {name!r}")
+        return engine
+
+    def beat(self, job_id: str | None = None, job_started: float | None = None) -> None:
+        """Tell the supervisor this process is alive, and which job it has run since when."""
+        if self.heartbeat_file is None:
+            return
+        tmp = self.heartbeat_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ts": time.time(), "job": job_id, "job_started": job_started}))
+        os.replace(tmp, self.heartbeat_file)
+
+
+_runtime: Runtime | None = None
+
+
+def start(settings: Settings, hostname: str | None = None) -> Runtime:
+    global _runtime
+    if _runtime is not None:
+        return _runtime
+    device, dtype = devices.resolve(settings)
+    worker_id = f"{hostname or socket.gethostname()}:{os.getpid()}"
+    rt = Runtime(settings, worker_id, device, dtype, heartbeat_file=settings.worker_heartbeat_file)
+    for name in filter(None, (n.strip() for n in settings.worker_engines.split(","))):
+        t0 = time.perf_counter()
+        engine = create_engine(name, settings)
+        engine.load(device, dtype)
+        rt.engines[name] = engine
+        log.info(
+            "event=engine.loaded engine=%s device=%s dtype=%s seconds=%.2f",
+            name,
+            device,
+            dtype,
+            time.perf_counter() - t0,
+        )
+    if rt.heartbeat_file:
+        rt.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
+        rt.beat()
+    _runtime = rt
+    return rt
+
+
+def current() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("worker runtime not started (is this a synthesis worker process?)")
+    return _runtime

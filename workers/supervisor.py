@@ -1,0 +1,248 @@
+"""`voicefarm workers`: one Celery worker process per GPU (or N on CPU), kept alive.
+
+The supervisor never imports torch or touches CUDA (it forks). Each child is started with
+`CUDA_VISIBLE_DEVICES=<i>` and hostname `gpu<i>@<host>`, and restarted with backoff when it
+exits, when its heartbeat file goes stale (hang), or when its current job passes the deadline
+(the solo pool has no time limits of its own). Exit code 75 means the child gave up on its
+device after a CUDA OOM; that restart is counted as `oom`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.settings import Settings
+from workers.device import visible_gpus
+from workers.runtime import EXIT_DEVICE_UNHEALTHY
+
+log = logging.getLogger("voicefarm.supervisor")
+
+BACKOFF_START = 1.0
+BACKOFF_MAX = 60.0
+HEALTHY_AFTER = 60.0  # a child that ran this long resets its backoff
+STOP_GRACE = 20.0
+
+
+@dataclass
+class ChildSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    heartbeat_file: Path | None = None
+    hang_seconds: float | None = None
+    deadline_seconds: float | None = None
+    startup_grace: float = 120.0
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    next_start_at: float = 0.0
+    backoff: float = BACKOFF_START
+    restarts: dict[str, int] = field(default_factory=dict)
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the supervisor dies (Linux), so no orphan keeps a GPU."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setpgrp()
+
+
+class Supervisor:
+    def __init__(
+        self, specs: list[ChildSpec], on_restart: Callable[[str, str], None] | None = None
+    ) -> None:
+        self.children = [Child(s) for s in specs]
+        self.on_restart = on_restart
+        self.stopping = False
+
+    def start_child(self, child: Child) -> None:
+        env = {**os.environ, **child.spec.env}
+        if child.spec.heartbeat_file:
+            child.spec.heartbeat_file.unlink(missing_ok=True)
+        child.proc = subprocess.Popen(child.spec.argv, env=env, preexec_fn=_die_with_parent)
+        child.started_at = time.monotonic()
+        log.info("event=supervisor.started child=%s pid=%d", child.spec.name, child.proc.pid)
+
+    def _kill(self, child: Child, sig: int) -> None:
+        if child.proc and child.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, sig)
+
+    def _restart_later(self, child: Child, reason: str) -> None:
+        now = time.monotonic()
+        if now - child.started_at > HEALTHY_AFTER:
+            child.backoff = BACKOFF_START
+        child.next_start_at = now + child.backoff
+        child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+        child.restarts[reason] = child.restarts.get(reason, 0) + 1
+        child.proc = None
+        log.warning(
+            "event=supervisor.restart child=%s reason=%s in=%.0fs",
+            child.spec.name,
+            reason,
+            child.next_start_at - now,
+        )
+        if self.on_restart:
+            self.on_restart(child.spec.name, reason)
+
+    def _hung(self, child: Child) -> str | None:
+        spec = child.spec
+        if not spec.heartbeat_file or not spec.hang_seconds:
+            return None
+        age = time.monotonic() - child.started_at
+        try:
+            beat = json.loads(spec.heartbeat_file.read_text())
+        except (OSError, ValueError):
+            return "hang" if age > spec.startup_grace else None
+        now = time.time()
+        if now - float(beat.get("ts", 0)) > spec.hang_seconds:
+            return "hang"
+        started = beat.get("job_started")
+        if (
+            spec.deadline_seconds
+            and beat.get("job")
+            and started is not None
+            and now - float(started) > spec.deadline_seconds
+        ):
+            return "deadline"
+        return None
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is None:
+                if not self.stopping and now >= child.next_start_at:
+                    self.start_child(child)
+                continue
+            code = child.proc.poll()
+            if code is not None:
+                reason = "oom" if code == EXIT_DEVICE_UNHEALTHY else f"exit_{code}"
+                self._restart_later(child, reason)
+                continue
+            hung = self._hung(child)
+            if hung:
+                log.error("event=supervisor.kill child=%s reason=%s", child.spec.name, hung)
+                self._kill(child, signal.SIGKILL)
+                child.proc.wait(timeout=10)
+                self._restart_later(child, hung)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for child in self.children:
+            self._kill(child, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill(child, signal.SIGKILL)
+                child.proc.wait()
+
+    def run(self, poll: float = 1.0) -> int:
+        def _on_signal(signum: int, _frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        try:
+            while not self.stopping:
+                self.tick()
+                time.sleep(poll)
+        finally:
+            self.stop()
+        return 0
+
+
+def celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tasks.app:celery_app", *args]
+
+
+def worker_specs(settings: Settings) -> list[ChildSpec]:
+    """One solo-pool synthesis worker per visible GPU, or `cpu_workers` on a machine without."""
+    host = socket.gethostname()
+    engines = settings.worker_engines or settings.default_engine
+    queues = ",".join(
+        q for e in engines.split(",") for q in (f"synth.{e.strip()}", f"synth.{e.strip()}.batch")
+    )
+    state = settings.worker_state_dir.resolve()
+    gpus = visible_gpus(settings)
+    slots = [(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": g}) for g in gpus] or [
+        (f"cpu{i}", {"CUDA_VISIBLE_DEVICES": "", "VOICEFARM_DEVICE": "cpu"})
+        for i in range(settings.cpu_workers)
+    ]
+    specs = []
+    for i, (slot, extra) in enumerate(slots):
+        env = {
+            **extra,
+            "VOICEFARM_WORKER_ENGINES": engines,
+            "VOICEFARM_WORKER_HEARTBEAT_FILE": str(state / f"{slot}.heartbeat"),
+        }
+        if settings.worker_metrics_port:
+            env["VOICEFARM_WORKER_METRICS_PORT"] = str(settings.worker_metrics_port + i)
+        specs.append(
+            ChildSpec(
+                name=slot,
+                argv=celery_argv(
+                    "worker",
+                    "-P",
+                    "solo",
+                    "-Q",
+                    queues,
+                    "-n",
+                    f"{slot}@{host}",
+                    "--loglevel",
+                    settings.log_level,
+                    "--without-gossip",
+                ),
+                env=env,
+                heartbeat_file=state / f"{slot}.heartbeat",
+                hang_seconds=settings.worker_hang_seconds,
+                deadline_seconds=settings.job_deadline_seconds,
+            )
+        )
+    if settings.supervise_ops_worker:
+        specs.append(ops_spec(settings, host))
+    return specs
+
+
+def ops_spec(settings: Settings, host: str) -> ChildSpec:
+    """A CPU worker for webhook deliveries and maintenance (threads: webhook POSTs wait on I/O)."""
+    return ChildSpec(
+        name="ops",
+        argv=celery_argv(
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            "4",
+            "-Q",
+            "webhooks,maintenance",
+            "-n",
+            f"ops@{host}",
+            "--loglevel",
+            settings.log_level,
+            "--without-gossip",
+        ),
+        env={"VOICEFARM_WORKER_ENGINES": "", "CUDA_VISIBLE_DEVICES": ""},
+    )
