@@ -83,7 +83,7 @@ def _classify(tokens: list[str], start: int) -> MarkupKind:
         return MarkupKind.arpabet
     if all(_PINYIN_RE.match(t) for t in tokens):
         return MarkupKind.pinyin
-    bad = next(t for t in tokens if not (_is_arpabet(t) or _PINYIN_RE.match(t)))
+    bad = next((t for t in tokens if not (_is_arpabet(t) or _PINYIN_RE.match(t))), "+".join(tokens))
     raise MarkupInvalid(
         f"'[{bad}]' at character {start} is neither an ARPAbet phone (e.g. [AY1]) nor pinyin "
         "(e.g. [h][ào]); don't mix the two in one run",

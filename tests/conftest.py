@@ -1,0 +1,99 @@
+"""Test environment: a fresh PostgreSQL database with the real migrations, a dedicated Redis
+database, local-folder storage in a temp dir. Set before any voicefarm module reads settings."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="voicefarm-tests-"))
+TEST_DB = f"voicefarm_test_{os.getpid()}"
+PG = os.environ.get("VOICEFARM_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("VOICEFARM_TEST_REDIS", "redis://127.0.0.1:6379/13")
+
+os.environ.update(
+    {
+        "VOICEFARM_ENVIRONMENT": "test",
+        "VOICEFARM_DATABASE_URL": f"{PG}/{TEST_DB}",
+        "VOICEFARM_REDIS_URL": REDIS,
+        "VOICEFARM_STORAGE_BACKEND": "file",
+        "VOICEFARM_STORAGE_DIR": str(_TMP / "storage"),
+        "VOICEFARM_WORKER_STATE_DIR": str(_TMP / "run"),
+        "VOICEFARM_WEBHOOK_ALLOW_PRIVATE": "true",
+        "VOICEFARM_WEBHOOK_RETRY_SCHEDULE": "[0, 0.5, 1, 1]",
+        "VOICEFARM_WEBHOOK_JITTER": "0",
+        "VOICEFARM_REQUEUE_GRACE_SECONDS": "2",
+        "VOICEFARM_RECONCILE_INTERVAL_SECONDS": "1",
+        "VOICEFARM_LEASE_SECONDS": "30",
+        "VOICEFARM_MAX_ATTEMPTS": "3",
+        "VOICEFARM_SUPERVISOR_METRICS_PORT": "0",
+        "VOICEFARM_WORKER_METRICS_PORT": "0",
+        "VOICEFARM_LOG_LEVEL": "INFO",
+    }
+)
+from tests.fixtures.engines import FIXTURE_ENGINES  # noqa: E402
+
+os.environ["VOICEFARM_EXTRA_ENGINES"] = FIXTURE_ENGINES
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Path:
+    return _TMP
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """Create the test database and apply the real migrations, once per session."""
+    from sqlalchemy import create_engine, text
+
+    from db.migrate import upgrade
+
+    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'))
+        c.execute(text(f'CREATE DATABASE "{TEST_DB}"'))
+    url = os.environ["VOICEFARM_DATABASE_URL"]
+    upgrade(url)
+    yield url
+    from db.session import get_engine
+
+    get_engine(url).dispose()
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[object]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def db(database: str, redis_client: object) -> Iterator[str]:
+    """A clean slate per test. Rows are committed for real (other processes must see them), so
+    isolation is by truncation rather than a rolled-back transaction."""
+    from sqlalchemy import text
+
+    from db.session import get_engine
+
+    with get_engine(database).begin() as c:
+        c.execute(text("TRUNCATE jobs, webhook_deliveries, webhook_attempts CASCADE"))
+    redis_client.flushdb()  # type: ignore[attr-defined]
+    yield database
+
+
+@pytest.fixture
+def settings(db: str):  # type: ignore[no-untyped-def]
+    from core.settings import get_settings
+
+    return get_settings()

@@ -1,0 +1,171 @@
+"""The API against real PostgreSQL and Redis, no worker: admission, errors, listing, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from db.models import Job, WebhookDelivery
+from db.session import get_sessionmaker
+
+
+def _count(url: str) -> tuple[int, int]:
+    with get_sessionmaker(url)() as s:
+        return (s.scalar(select(func.count()).select_from(Job)) or 0,
+                s.scalar(select(func.count()).select_from(WebhookDelivery)) or 0)
+
+
+def _queued_messages(redis_client: Any) -> int:
+    return int(redis_client.llen("synth.piper")) + int(redis_client.llen("synth.piper.batch"))
+
+
+def test_submit_commits_the_row_and_publishes_one_message(
+    client: TestClient, db: str, redis_client: Any
+) -> None:
+    r = client.post("/v1/jobs", json={"text": "Hello there.", "metadata": {"order": 7}})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["engine"] == "piper"
+    assert job["voice"] == "en_US-joe-medium" and job["metadata"] == {"order": 7}
+    assert r.headers["location"].endswith(f"/v1/jobs/{job['id']}")
+    assert _count(db) == (1, 0)
+    assert _queued_messages(redis_client) == 1
+    got = client.get(f"/v1/jobs/{job['id']}").json()
+    assert got["status"] == "queued" and got["progress"] == {"segments_done": 0,
+                                                             "segments_total": None}
+
+
+def test_batch_priority_goes_to_the_batch_queue(client: TestClient, redis_client: Any) -> None:
+    assert client.post("/v1/jobs", json={"text": "x", "priority": "batch"}).status_code == 202
+    assert redis_client.llen("synth.piper.batch") == 1 and redis_client.llen("synth.piper") == 0
+
+
+BAD: list[tuple[dict[str, Any], int, str]] = [
+    ({"text": ""}, 422, "text_empty"),
+    ({"text": "   \n "}, 422, "text_empty"),
+    ({"text": "a" * 5001}, 422, "text_too_long"),
+    ({"text": "hi", "engine": "nope"}, 422, "unknown_engine"),
+    ({"text": "hi", "voice": "nobody"}, 422, "unknown_voice"),
+    ({"text": "hi", "format": "mp3"}, 422, "unsupported_format"),
+    ({"text": "她[h][ào]干净"}, 422, "markup_invalid"),  # piper has no pinyin
+    ({"text": "bad [QQ1]"}, 422, "markup_invalid"),
+    ({"text": "hi", "webhook_url": "not-a-url"}, 422, "webhook_url_invalid"),
+    ({"text": "hi", "webhook_url": "ftp://example.com/x"}, 422, "webhook_url_invalid"),
+    ({"text": "hi", "speed": 9}, 422, "validation_failed"),
+    ({"text": "hi", "sample_rate": 12345}, 422, "validation_failed"),
+    ({"text": "hi", "priority": "urgent"}, 422, "validation_failed"),
+    ({"text": "hi", "surprise": 1}, 422, "validation_failed"),
+    ({"text": 5}, 422, "validation_failed"),
+    ({"text": "hi", "metadata": {"k": "v" * 5000}}, 422, "validation_failed"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), BAD)
+def test_bad_input_is_a_4xx_with_a_code_and_writes_nothing(
+    client: TestClient, db: str, redis_client: Any, body: dict[str, Any], status: int, code: str
+) -> None:
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"]
+    assert _count(db) == (0, 0)
+    assert _queued_messages(redis_client) == 0
+
+
+def test_malformed_json_is_a_422(client: TestClient, db: str) -> None:
+    r = client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed"
+    assert _count(db) == (0, 0)
+
+
+def test_private_webhook_refused_unless_allowed(client: TestClient, db: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.settings import Settings, get_settings
+
+    strict = Settings(webhook_allow_private=False)
+    client.app.dependency_overrides[get_settings] = lambda: strict  # type: ignore[attr-defined]
+    r = client.post("/v1/jobs", json={"text": "hi", "webhook_url": "http://127.0.0.1:9/x"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "webhook_url_forbidden"
+    assert "VOICEFARM_WEBHOOK_ALLOW_PRIVATE" in r.json()["error"]["message"]
+    assert _count(db) == (0, 0)
+
+
+def test_webhook_job_writes_its_queued_event_in_the_same_transaction(
+    client: TestClient, db: str
+) -> None:
+    r = client.post("/v1/jobs", json={"text": "hi", "webhook_url": "http://127.0.0.1:9/hook"})
+    assert r.status_code == 202
+    assert _count(db) == (1, 1)
+    hooks = client.get(f"/v1/jobs/{r.json()['id']}/webhooks").json()
+    assert [h["event"] for h in hooks] == ["job.queued"]
+
+
+def test_idempotency_key_returns_the_original_job(client: TestClient, db: str,
+                                                  redis_client: Any) -> None:
+    h = {"Idempotency-Key": "order-42"}
+    a = client.post("/v1/jobs", json={"text": "once"}, headers=h)
+    b = client.post("/v1/jobs", json={"text": "once"}, headers=h)
+    assert a.status_code == b.status_code == 202
+    assert a.json()["id"] == b.json()["id"] and b.headers["idempotent-replayed"] == "true"
+    assert _count(db) == (1, 0) and _queued_messages(redis_client) == 1
+    c = client.post("/v1/jobs", json={"text": "different"}, headers=h)
+    assert c.status_code == 409 and c.json()["error"]["code"] == "idempotency_key_reused"
+    assert _count(db) == (1, 0)
+
+
+def test_list_filters_and_paginates_newest_first(client: TestClient) -> None:
+    ids = [client.post("/v1/jobs", json={"text": f"job {i}"}).json()["id"] for i in range(5)]
+    client.post(f"/v1/jobs/{ids[0]}/cancel")
+    page1 = client.get("/v1/jobs", params={"limit": 2}).json()
+    page2 = client.get("/v1/jobs", params={"limit": 2, "cursor": page1["next_cursor"]}).json()
+    page3 = client.get("/v1/jobs", params={"limit": 2, "cursor": page2["next_cursor"]}).json()
+    seen = [j["id"] for p in (page1, page2, page3) for j in p["items"]]
+    assert seen == ids[::-1] and page3["next_cursor"] is None
+    canceled = client.get("/v1/jobs", params={"status": "canceled"}).json()["items"]
+    assert [j["id"] for j in canceled] == [ids[0]]
+    assert client.get("/v1/jobs", params={"cursor": "garbage!"}).json()["error"]["code"] == (
+        "invalid_cursor")
+    assert client.get("/v1/jobs", params={"status": "weird"}).status_code == 422
+
+
+def test_cancel_queued_then_cancel_again_is_409(client: TestClient) -> None:
+    job = client.post("/v1/jobs", json={"text": "stop me"}).json()
+    r = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    again = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_not_cancelable"
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+
+
+def test_unknown_job_and_audio_not_ready(client: TestClient) -> None:
+    missing = uuid.uuid4()
+    assert client.get(f"/v1/jobs/{missing}").json()["error"]["code"] == "job_not_found"
+    assert client.post(f"/v1/jobs/{missing}/cancel").status_code == 404
+    assert client.get("/v1/jobs/not-a-uuid").status_code == 422
+    job = client.post("/v1/jobs", json={"text": "later"}).json()
+    r = client.get(f"/v1/jobs/{job['id']}/audio")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "audio_not_ready"
+
+
+def test_health_ready_and_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    client.post("/v1/jobs", json={"text": "count me"})
+    text = client.get("/metrics").text
+    assert 'voicefarm_queue_depth{engine="piper",status="queued"} 1.0' in text
+    assert "voicefarm_jobs_submitted_total" in text
+
+
+def test_readyz_reports_a_dead_broker(client: TestClient) -> None:
+    from core.settings import Settings, get_settings
+
+    broken = Settings(redis_url="redis://127.0.0.1:1/0")
+    client.app.dependency_overrides[get_settings] = lambda: broken  # type: ignore[attr-defined]
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
