@@ -116,6 +116,17 @@ def record_attempt(
     session.execute(
         update(WebhookDelivery).where(WebhookDelivery.id == delivery.id).values(**values)
     )
+    if outcome == DeliveryStatus.disabled:
+        # 410 Gone: the receiver wants nothing more for this job; drop what is still waiting.
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.job_id == delivery.job_id,
+                WebhookDelivery.url == delivery.url,
+                WebhookDelivery.status == DeliveryStatus.pending,
+            )
+            .values(status=DeliveryStatus.disabled.value)
+        )
 
 
 def due_deliveries(session: Session, grace_seconds: float = 30.0, limit: int = 100) -> list[str]:

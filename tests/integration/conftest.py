@@ -39,3 +39,4 @@ def receiver() -> Iterator[Receiver]:
     r = start_receiver()
     yield r
     r.server.shutdown()
+    r.server.server_close()
