@@ -121,7 +121,7 @@ def finish_success(
             status=JobStatus.succeeded.value,
             finished_at=func.now(),
             lease_expires_at=None,
-            segments_done=Job.segments_total,
+            segments_done=func.coalesce(Job.segments_total, Job.segments_done),
             error_code=None,
             error_message=None,
             result_key=result.key,

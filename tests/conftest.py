@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,7 @@ os.environ.update(
     }
 )
 from tests.fixtures.engines import FIXTURE_ENGINES  # noqa: E402
+from tests.fixtures.receiver import Receiver, start_receiver  # noqa: E402
 
 os.environ["VOICEFARM_EXTRA_ENGINES"] = FIXTURE_ENGINES
 
@@ -97,3 +99,28 @@ def settings(db: str):  # type: ignore[no-untyped-def]
     from core.settings import get_settings
 
     return get_settings()
+
+
+@pytest.fixture
+def client(db: str) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app()) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_root: Path) -> Path:
+    d = tmp_root / "logs"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = start_receiver()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()

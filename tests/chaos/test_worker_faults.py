@@ -1,0 +1,135 @@
+"""Faults with real processes: a worker killed mid-job, a broker that lost its messages, a
+worker that runs out of GPU memory or hangs under the supervisor. No job may be lost."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tasks.maintenance import reconcile
+from tests.fixtures.processes import free_port, spawn, start_worker, wait_until
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def _job(client: Any, job_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+    return job
+
+
+def _reconcile_until(client: Any, job_id: str, states: tuple[str, ...], timeout: float) -> dict:
+    """Drive the reconciler as beat would, until the job reaches one of `states`."""
+
+    def check() -> dict[str, Any] | None:
+        reconcile()
+        job = _job(client, job_id)
+        return job if job["status"] in states else None
+
+    return wait_until(check, timeout=timeout, what=f"job {job_id} to reach {states}")
+
+
+def test_killed_worker_job_is_requeued_and_finished_by_another(
+    client: Any, log_dir: Path
+) -> None:
+    short_lease = {"VOICEFARM_LEASE_SECONDS": "2", "VOICEFARM_SEGMENT_MAX_CHARS": "20"}
+    first = start_worker(log_dir, "slow", name="victim", extra_queues="", env=short_lease)
+    text = " ".join(f"Sentence {i}." for i in range(6))
+    job = client.post("/v1/jobs", json={"text": text, "engine": "slow"}).json()
+    wait_until(lambda: _job(client, job["id"])["progress"]["segments_done"] >= 1, timeout=30,
+               what="the first segment")
+    first.signal(signal.SIGKILL)
+    first.popen.wait(timeout=10)
+    assert _job(client, job["id"])["status"] == "running"  # nobody has noticed yet
+    second = start_worker(log_dir, "slow", name="rescuer", extra_queues="", env=short_lease)
+    try:
+        done = _reconcile_until(client, job["id"], TERMINAL, timeout=60)
+        assert done["status"] == "succeeded", second.tail()
+        assert done["attempts"] == 2
+        assert done["progress"]["segments_done"] == done["progress"]["segments_total"]
+    finally:
+        second.stop()
+
+
+def test_job_survives_a_broker_that_lost_its_message(
+    client: Any, log_dir: Path, redis_client: Any
+) -> None:
+    job = client.post("/v1/jobs", json={"text": "still here", "engine": "tone"}).json()
+    assert redis_client.delete("synth.tone") == 1  # as if Redis restarted empty
+    worker = start_worker(log_dir, "tone", name="late", extra_queues="")
+    try:
+        time.sleep(1.0)
+        assert _job(client, job["id"])["status"] == "queued"  # the message is really gone
+        done = _reconcile_until(client, job["id"], TERMINAL, timeout=30)
+        assert done["status"] == "succeeded" and done["attempts"] == 1
+    finally:
+        worker.stop()
+
+
+def _restarts(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'voicefarm_worker_restarts_total\{reason="(\w+)",worker="cpu0"\} '
+                             r"([\d.]+)", text)
+    }
+
+
+def _supervisor(log_dir: Path, name: str, engine: str, port: int, **env: str) -> Any:
+    return spawn(name, [sys.executable, "-m", "cli.main", "workers"], log_dir, {
+        "VOICEFARM_WORKER_ENGINES": engine, "VOICEFARM_DEVICE": "cpu",
+        "VOICEFARM_SUPERVISE_OPS_WORKER": "false", "VOICEFARM_CPU_WORKERS": "1",
+        "VOICEFARM_SUPERVISOR_METRICS_PORT": str(port),
+        "VOICEFARM_WORKER_STATE_DIR": str(log_dir / name), **env,
+    })
+
+
+def _limit_attempts(client: Any, n: int) -> None:
+    from core.settings import Settings, get_settings
+
+    limited = Settings(max_attempts=n)
+    client.app.dependency_overrides[get_settings] = lambda: limited
+
+
+def test_supervisor_restarts_a_worker_that_runs_out_of_gpu_memory(
+    client: Any, log_dir: Path
+) -> None:
+    """The fixture engine raises torch's CUDA OOM type on every call (no GPU here): the task
+    re-queues the job and exits with the device-unhealthy code; the supervisor restarts it."""
+    port = free_port()
+    sup = _supervisor(log_dir, "sup-oom", "oom", port)
+    try:
+        _limit_attempts(client, 2)
+        job = client.post("/v1/jobs", json={"text": "too big", "engine": "oom"}).json()
+        done = _reconcile_until(client, job["id"], TERMINAL, timeout=90)
+        assert done["status"] == "failed" and done["attempts"] == 2, sup.tail()
+        assert done["error"]["code"] == "max_attempts_exceeded"
+        assert "out_of_memory" in done["error"]["message"]
+        wait_until(lambda: _restarts(port).get("oom", 0) >= 2, timeout=30, what="2 oom restarts")
+    finally:
+        assert sup.stop() == 0
+
+
+def test_supervisor_kills_a_hung_worker_and_keeps_an_idle_one(
+    client: Any, log_dir: Path
+) -> None:
+    port = free_port()
+    sup = _supervisor(log_dir, "sup-hang", "hang", port, VOICEFARM_WORKER_HANG_SECONDS="4",
+                      VOICEFARM_LEASE_SECONDS="2")
+    try:
+        _limit_attempts(client, 1)
+        hb = log_dir / "sup-hang" / "cpu0.heartbeat"
+        wait_until(hb.exists, timeout=60, what="the first heartbeat")
+        time.sleep(8)  # idle for twice the hang threshold: the consumer loop keeps beating
+        assert _restarts(port) == {}, sup.tail()
+        job = client.post("/v1/jobs", json={"text": "never returns", "engine": "hang"}).json()
+        wait_until(lambda: _restarts(port).get("hang", 0) >= 1, timeout=60, what="hang restart")
+        done = _reconcile_until(client, job["id"], TERMINAL, timeout=30)
+        assert done["status"] == "failed" and done["error"]["code"] == "max_attempts_exceeded"
+    finally:
+        assert sup.stop() == 0

@@ -1,0 +1,112 @@
+"""The job state machine against real PostgreSQL: atomic claim, fencing, leases, reconciler."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+from sqlalchemy import text, update
+
+from db import jobs as q
+from db.models import Job
+from db.session import get_sessionmaker, session_scope
+
+BASE = "http://test"
+
+
+def _new_job(url: str, **kw: Any) -> uuid.UUID:
+    with session_scope(url) as s:
+        job = Job(engine="tone", text="hello", format="wav", speed=1.0, priority="interactive",
+                  metadata_={}, attempts=0, max_attempts=kw.pop("max_attempts", 3),
+                  segments_done=0, **kw)
+        q.create_job(s, job, BASE)
+        return job.id
+
+
+def _result(job_id: uuid.UUID, attempt: int) -> q.AudioResult:
+    return q.AudioResult(f"jobs/{job_id}/{attempt}.wav", "wav", 16000, 1.0, 44, "0" * 64)
+
+
+def test_only_one_of_many_concurrent_claims_wins(db: str) -> None:
+    job_id = _new_job(db)
+    wins: list[q.Claim] = []
+    barrier = threading.Barrier(8)
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        with session_scope(db) as s:
+            c = q.claim_job(s, job_id, f"w{i}", 30)
+        if c:
+            wins.append(c)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and wins[0].attempt == 1
+
+
+def test_a_stale_attempt_cannot_write_after_a_newer_claim(db: str) -> None:
+    job_id = _new_job(db)
+    with session_scope(db) as s:
+        old = q.claim_job(s, job_id, "old", 30)
+    assert old
+    # The old worker's lease runs out; the reconciler gives the job to a new attempt.
+    with session_scope(db) as s:
+        s.execute(update(Job).where(Job.id == job_id)
+                  .values(lease_expires_at=text("now() - interval '1 second'")))
+    with session_scope(db) as s:
+        again, _ = q.requeue_expired_leases(s, BASE)
+    assert [r.job_id for r in again] == [job_id]
+    with session_scope(db) as s:
+        new = q.claim_job(s, job_id, "new", 30)
+    assert new and new.attempt == 2
+    with session_scope(db) as s:
+        assert not q.heartbeat(s, old, 30, segments_done=1)
+        assert q.finish_success(s, old, _result(job_id, 1), BASE) is None
+        assert q.finish_failure(s, old, "x", "y", BASE) is None
+        assert q.finish_success(s, new, _result(job_id, 2), BASE) == []
+    with get_sessionmaker(db)() as s:
+        job = q.get_job(s, job_id)
+        assert job.status == "succeeded" and job.result_key == f"jobs/{job_id}/2.wav"
+
+
+def test_expired_lease_on_last_attempt_fails_with_a_code(db: str) -> None:
+    job_id = _new_job(db, max_attempts=1)
+    with session_scope(db) as s:
+        assert q.claim_job(s, job_id, "w", 30)
+        s.execute(update(Job).where(Job.id == job_id)
+                  .values(lease_expires_at=text("now() - interval '1 second'")))
+    with session_scope(db) as s:
+        again, _ = q.requeue_expired_leases(s, BASE)
+    assert again == []
+    with get_sessionmaker(db)() as s:
+        job = q.get_job(s, job_id)
+        assert job.status == "failed" and job.error_code == "max_attempts_exceeded"
+        assert "stopped renewing its lease" in (job.error_message or "")
+
+
+def test_unclaimed_queued_jobs_are_republished_after_the_grace_period(db: str) -> None:
+    job_id = _new_job(db)
+    with session_scope(db) as s:
+        assert q.stale_queued(s, grace_seconds=60) == []
+        s.execute(update(Job).where(Job.id == job_id)
+                  .values(dispatched_at=text("now() - interval '2 minutes'")))
+    with session_scope(db) as s:
+        assert [r.job_id for r in q.stale_queued(s, grace_seconds=60)] == [job_id]
+    with session_scope(db) as s:
+        assert q.stale_queued(s, grace_seconds=60) == []  # dispatched_at was bumped
+
+
+def test_canceled_job_stops_its_worker_at_the_next_heartbeat(db: str) -> None:
+    job_id = _new_job(db)
+    with session_scope(db) as s:
+        claim = q.claim_job(s, job_id, "w", 30)
+    assert claim
+    with session_scope(db) as s:
+        q.cancel_job(s, job_id, BASE)
+    with session_scope(db) as s:
+        assert not q.heartbeat(s, claim, 30, segments_done=1)
+        assert q.finish_success(s, claim, _result(job_id, 1), BASE) is None
