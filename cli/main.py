@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     say.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
 
     sub.add_parser("workers", help="run the worker supervisor (one process per GPU)")
-    sub.add_parser("migrate", help="wait for PostgreSQL and apply migrations")
+    migrate = sub.add_parser("migrate", help="wait for PostgreSQL and apply migrations")
+    migrate.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it")
     sub.add_parser("farm", help="migrate, then run API, workers, beat and Flower (make run)")
 
     args = parser.parse_args(argv)
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         from cli.farm import run_migrate
 
-        return run_migrate()
+        return run_migrate(timeout=args.timeout)
     from cli.farm import run_farm
 
     return run_farm()

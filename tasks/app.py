@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue as KQueue
+from kombu.entity import Queue as KQueue
 
 from core.enums import Queue, TaskName
 from core.settings import get_settings

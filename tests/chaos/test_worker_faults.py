@@ -34,15 +34,16 @@ def _reconcile_until(client: Any, job_id: str, states: tuple[str, ...], timeout:
     return wait_until(check, timeout=timeout, what=f"job {job_id} to reach {states}")
 
 
-def test_killed_worker_job_is_requeued_and_finished_by_another(
-    client: Any, log_dir: Path
-) -> None:
+def test_killed_worker_job_is_requeued_and_finished_by_another(client: Any, log_dir: Path) -> None:
     short_lease = {"VOICEFARM_LEASE_SECONDS": "2", "VOICEFARM_SEGMENT_MAX_CHARS": "20"}
     first = start_worker(log_dir, "slow", name="victim", extra_queues="", env=short_lease)
     text = " ".join(f"Sentence {i}." for i in range(6))
     job = client.post("/v1/jobs", json={"text": text, "engine": "slow"}).json()
-    wait_until(lambda: _job(client, job["id"])["progress"]["segments_done"] >= 1, timeout=30,
-               what="the first segment")
+    wait_until(
+        lambda: _job(client, job["id"])["progress"]["segments_done"] >= 1,
+        timeout=30,
+        what="the first segment",
+    )
     first.signal(signal.SIGKILL)
     first.popen.wait(timeout=10)
     assert _job(client, job["id"])["status"] == "running"  # nobody has noticed yet
@@ -75,18 +76,29 @@ def _restarts(port: int) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     return {
         m.group(1): float(m.group(2))
-        for m in re.finditer(r'voicefarm_worker_restarts_total\{reason="(\w+)",worker="cpu0"\} '
-                             r"([\d.]+)", text)
+        for m in re.finditer(
+            r'voicefarm_worker_restarts_total\{reason="(\w+)",worker="cpu0"\} '
+            r"([\d.]+)",
+            text,
+        )
     }
 
 
 def _supervisor(log_dir: Path, name: str, engine: str, port: int, **env: str) -> Any:
-    return spawn(name, [sys.executable, "-m", "cli.main", "workers"], log_dir, {
-        "VOICEFARM_WORKER_ENGINES": engine, "VOICEFARM_DEVICE": "cpu",
-        "VOICEFARM_SUPERVISE_OPS_WORKER": "false", "VOICEFARM_CPU_WORKERS": "1",
-        "VOICEFARM_SUPERVISOR_METRICS_PORT": str(port),
-        "VOICEFARM_WORKER_STATE_DIR": str(log_dir / name), **env,
-    })
+    return spawn(
+        name,
+        [sys.executable, "-m", "cli.main", "workers"],
+        log_dir,
+        {
+            "VOICEFARM_WORKER_ENGINES": engine,
+            "VOICEFARM_DEVICE": "cpu",
+            "VOICEFARM_SUPERVISE_OPS_WORKER": "false",
+            "VOICEFARM_CPU_WORKERS": "1",
+            "VOICEFARM_SUPERVISOR_METRICS_PORT": str(port),
+            "VOICEFARM_WORKER_STATE_DIR": str(log_dir / name),
+            **env,
+        },
+    )
 
 
 def _limit_attempts(client: Any, n: int) -> None:
@@ -115,12 +127,16 @@ def test_supervisor_restarts_a_worker_that_runs_out_of_gpu_memory(
         assert sup.stop() == 0
 
 
-def test_supervisor_kills_a_hung_worker_and_keeps_an_idle_one(
-    client: Any, log_dir: Path
-) -> None:
+def test_supervisor_kills_a_hung_worker_and_keeps_an_idle_one(client: Any, log_dir: Path) -> None:
     port = free_port()
-    sup = _supervisor(log_dir, "sup-hang", "hang", port, VOICEFARM_WORKER_HANG_SECONDS="4",
-                      VOICEFARM_LEASE_SECONDS="2")
+    sup = _supervisor(
+        log_dir,
+        "sup-hang",
+        "hang",
+        port,
+        VOICEFARM_WORKER_HANG_SECONDS="4",
+        VOICEFARM_LEASE_SECONDS="2",
+    )
     try:
         _limit_attempts(client, 1)
         hb = log_dir / "sup-hang" / "cpu0.heartbeat"

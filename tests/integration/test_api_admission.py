@@ -15,8 +15,10 @@ from db.session import get_sessionmaker
 
 def _count(url: str) -> tuple[int, int]:
     with get_sessionmaker(url)() as s:
-        return (s.scalar(select(func.count()).select_from(Job)) or 0,
-                s.scalar(select(func.count()).select_from(WebhookDelivery)) or 0)
+        return (
+            s.scalar(select(func.count()).select_from(Job)) or 0,
+            s.scalar(select(func.count()).select_from(WebhookDelivery)) or 0,
+        )
 
 
 def _queued_messages(redis_client: Any) -> int:
@@ -35,8 +37,10 @@ def test_submit_commits_the_row_and_publishes_one_message(
     assert _count(db) == (1, 0)
     assert _queued_messages(redis_client) == 1
     got = client.get(f"/v1/jobs/{job['id']}").json()
-    assert got["status"] == "queued" and got["progress"] == {"segments_done": 0,
-                                                             "segments_total": None}
+    assert got["status"] == "queued" and got["progress"] == {
+        "segments_done": 0,
+        "segments_total": None,
+    }
 
 
 def test_batch_priority_goes_to_the_batch_queue(client: TestClient, redis_client: Any) -> None:
@@ -82,8 +86,9 @@ def test_malformed_json_is_a_422(client: TestClient, db: str) -> None:
     assert _count(db) == (0, 0)
 
 
-def test_private_webhook_refused_unless_allowed(client: TestClient, db: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_private_webhook_refused_unless_allowed(
+    client: TestClient, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from core.settings import Settings, get_settings
 
     strict = Settings(webhook_allow_private=False)
@@ -104,8 +109,9 @@ def test_webhook_job_writes_its_queued_event_in_the_same_transaction(
     assert [h["event"] for h in hooks] == ["job.queued"]
 
 
-def test_idempotency_key_returns_the_original_job(client: TestClient, db: str,
-                                                  redis_client: Any) -> None:
+def test_idempotency_key_returns_the_original_job(
+    client: TestClient, db: str, redis_client: Any
+) -> None:
     h = {"Idempotency-Key": "order-42"}
     a = client.post("/v1/jobs", json={"text": "once"}, headers=h)
     b = client.post("/v1/jobs", json={"text": "once"}, headers=h)
@@ -128,7 +134,8 @@ def test_list_filters_and_paginates_newest_first(client: TestClient) -> None:
     canceled = client.get("/v1/jobs", params={"status": "canceled"}).json()["items"]
     assert [j["id"] for j in canceled] == [ids[0]]
     assert client.get("/v1/jobs", params={"cursor": "garbage!"}).json()["error"]["code"] == (
-        "invalid_cursor")
+        "invalid_cursor"
+    )
     assert client.get("/v1/jobs", params={"status": "weird"}).status_code == 422
 
 

@@ -17,9 +17,18 @@ BASE = "http://test"
 
 def _new_job(url: str, **kw: Any) -> uuid.UUID:
     with session_scope(url) as s:
-        job = Job(engine="tone", text="hello", format="wav", speed=1.0, priority="interactive",
-                  metadata_={}, attempts=0, max_attempts=kw.pop("max_attempts", 3),
-                  segments_done=0, **kw)
+        job = Job(
+            engine="tone",
+            text="hello",
+            format="wav",
+            speed=1.0,
+            priority="interactive",
+            metadata_={},
+            attempts=0,
+            max_attempts=kw.pop("max_attempts", 3),
+            segments_done=0,
+            **kw,
+        )
         q.create_job(s, job, BASE)
         return job.id
 
@@ -55,8 +64,11 @@ def test_a_stale_attempt_cannot_write_after_a_newer_claim(db: str) -> None:
     assert old
     # The old worker's lease runs out; the reconciler gives the job to a new attempt.
     with session_scope(db) as s:
-        s.execute(update(Job).where(Job.id == job_id)
-                  .values(lease_expires_at=text("now() - interval '1 second'")))
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=text("now() - interval '1 second'"))
+        )
     with session_scope(db) as s:
         again, _ = q.requeue_expired_leases(s, BASE)
     assert [r.job_id for r in again] == [job_id]
@@ -77,8 +89,11 @@ def test_expired_lease_on_last_attempt_fails_with_a_code(db: str) -> None:
     job_id = _new_job(db, max_attempts=1)
     with session_scope(db) as s:
         assert q.claim_job(s, job_id, "w", 30)
-        s.execute(update(Job).where(Job.id == job_id)
-                  .values(lease_expires_at=text("now() - interval '1 second'")))
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=text("now() - interval '1 second'"))
+        )
     with session_scope(db) as s:
         again, _ = q.requeue_expired_leases(s, BASE)
     assert again == []
@@ -92,8 +107,11 @@ def test_unclaimed_queued_jobs_are_republished_after_the_grace_period(db: str) -
     job_id = _new_job(db)
     with session_scope(db) as s:
         assert q.stale_queued(s, grace_seconds=60) == []
-        s.execute(update(Job).where(Job.id == job_id)
-                  .values(dispatched_at=text("now() - interval '2 minutes'")))
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(dispatched_at=text("now() - interval '2 minutes'"))
+        )
     with session_scope(db) as s:
         assert [r.job_id for r in q.stale_queued(s, grace_seconds=60)] == [job_id]
     with session_scope(db) as s:

@@ -26,8 +26,11 @@ def s3_endpoint() -> Iterator[str]:
 
 
 def _s3(endpoint: str, bucket: str) -> S3Storage:
-    return S3Storage(Settings(**{k.removeprefix("VOICEFARM_").lower(): v
-                                 for k, v in s3_env(endpoint, bucket).items()}))
+    return S3Storage(
+        Settings(
+            **{k.removeprefix("VOICEFARM_").lower(): v for k, v in s3_env(endpoint, bucket).items()}
+        )
+    )
 
 
 def _roundtrip(storage: Storage) -> None:
@@ -76,8 +79,13 @@ def test_job_audio_lands_in_s3_and_the_api_redirects_to_it(
     from tests.integration.test_worker_jobs import wait_job
 
     env = s3_env(s3_endpoint, f"{TEST_BUCKET_PREFIX}-{uuid.uuid4().hex[:8]}")
-    proc = start_worker(log_dir, "piper", name="s3worker", extra_queues="", env={
-        **env, "VOICEFARM_WORKER_ENGINES": "piper"})
+    proc = start_worker(
+        log_dir,
+        "piper",
+        name="s3worker",
+        extra_queues="",
+        env={**env, "VOICEFARM_WORKER_ENGINES": "piper"},
+    )
     try:
         for k, v in env.items():
             monkeypatch.setitem(os.environ, k, v)

@@ -17,8 +17,9 @@ from tests.fixtures.receiver import Receiver
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
-def wait_job(client: TestClient, job_id: str, timeout: float = 60.0,
-             states: tuple[str, ...] = TERMINAL) -> dict[str, Any]:
+def wait_job(
+    client: TestClient, job_id: str, timeout: float = 60.0, states: tuple[str, ...] = TERMINAL
+) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
         return job if job["status"] in states else None
@@ -26,9 +27,7 @@ def wait_job(client: TestClient, job_id: str, timeout: float = 60.0,
     return wait_until(done, timeout=timeout, what=f"job {job_id} to reach {states}")
 
 
-def test_piper_job_succeeds_with_real_speech_and_progress(
-    client: TestClient, worker: Proc
-) -> None:
+def test_piper_job_succeeds_with_real_speech_and_progress(client: TestClient, worker: Proc) -> None:
     text = "The farm never loses a job. Every segment is tracked. The audio lands in storage."
     job = client.post("/v1/jobs", json={"text": text}).json()
     done = wait_job(client, job["id"])
@@ -69,18 +68,23 @@ def test_engine_failure_is_retried_then_recorded(client: TestClient, worker: Pro
 def test_oom_frees_and_retries_with_smaller_segments(client: TestClient, worker: Proc) -> None:
     """The fixture raises torch's CUDA OOM type for long segments (no GPU here); the task must
     split the segment and finish in the same attempt."""
-    job = client.post("/v1/jobs", json={"text": "a segment well over twenty characters long",
-                                        "engine": "oomlong"}).json()
+    job = client.post(
+        "/v1/jobs", json={"text": "a segment well over twenty characters long", "engine": "oomlong"}
+    ).json()
     done = wait_job(client, job["id"])
     assert done["status"] == "succeeded" and done["attempts"] == 1, worker.tail()
 
 
-def test_cancel_running_job_stops_at_next_segment(client: TestClient, worker: Proc,
-                                                  tmp_root: Path) -> None:
+def test_cancel_running_job_stops_at_next_segment(
+    client: TestClient, worker: Proc, tmp_root: Path
+) -> None:
     text = " ".join(f"Sentence {i} is here." for i in range(40))
     job = client.post("/v1/jobs", json={"text": text, "engine": "slow"}).json()
-    wait_until(lambda: client.get(f"/v1/jobs/{job['id']}").json()["progress"]["segments_done"]
-               >= 1, timeout=30, what="first segment")
+    wait_until(
+        lambda: client.get(f"/v1/jobs/{job['id']}").json()["progress"]["segments_done"] >= 1,
+        timeout=30,
+        what="first segment",
+    )
     r = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "canceled"
     time.sleep(1.5)  # the worker notices at its next segment boundary
@@ -111,8 +115,9 @@ def test_signed_webhooks_with_retries_and_attempt_log(
     from tasks.maintenance import reconcile
 
     receiver.script = [500, 503]  # the first two POSTs fail, whatever event they carry
-    job = client.post("/v1/jobs", json={"text": "hook me", "engine": "tone",
-                                        "webhook_url": receiver.url}).json()
+    job = client.post(
+        "/v1/jobs", json={"text": "hook me", "engine": "tone", "webhook_url": receiver.url}
+    ).json()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         reconcile()  # what beat runs every few seconds: dispatches due retries
@@ -130,8 +135,9 @@ def test_signed_webhooks_with_retries_and_attempt_log(
     secret = get_settings().webhook_secret.get_secret_value()
     for req in receiver.requests:
         h = req.headers
-        assert verify(secret, h["webhook-id"], int(h["webhook-timestamp"]), req.body,
-                      h["webhook-signature"])
+        assert verify(
+            secret, h["webhook-id"], int(h["webhook-timestamp"]), req.body, h["webhook-signature"]
+        )
     # A retried event keeps its webhook-id, so receivers can deduplicate.
     ids = [r.headers["webhook-id"] for r in receiver.requests]
     assert len(set(ids)) == 3 and len(ids) == 5
@@ -140,11 +146,13 @@ def test_signed_webhooks_with_retries_and_attempt_log(
     assert succeeded["data"]["result"]["url"].endswith(f"/v1/jobs/{job['id']}/audio")
 
 
-def test_410_gone_disables_the_endpoint(client: TestClient, worker: Proc,
-                                         receiver: Receiver) -> None:
+def test_410_gone_disables_the_endpoint(
+    client: TestClient, worker: Proc, receiver: Receiver
+) -> None:
     receiver.script = [410]
-    job = client.post("/v1/jobs", json={"text": "go away", "engine": "tone",
-                                        "webhook_url": receiver.url}).json()
+    job = client.post(
+        "/v1/jobs", json={"text": "go away", "engine": "tone", "webhook_url": receiver.url}
+    ).json()
     assert wait_job(client, job["id"])["status"] == "succeeded"
     time.sleep(1.0)
     hooks = client.get(f"/v1/jobs/{job['id']}/webhooks").json()
@@ -153,8 +161,9 @@ def test_410_gone_disables_the_endpoint(client: TestClient, worker: Proc,
     assert len(receiver.requests) == 1
 
 
-def test_wav_bytes_on_disk_match_the_recorded_hash(client: TestClient, worker: Proc,
-                                                   tmp_root: Path) -> None:
+def test_wav_bytes_on_disk_match_the_recorded_hash(
+    client: TestClient, worker: Proc, tmp_root: Path
+) -> None:
     import hashlib
 
     job = client.post("/v1/jobs", json={"text": "hash me", "engine": "tone"}).json()

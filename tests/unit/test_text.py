@@ -14,8 +14,15 @@ def test_pinyin_and_arpabet_runs_are_classified() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["unclosed [AY1", "stray ] bracket", "nested [[AY1]]", "empty [] here", "bad [XX9] phone",
-     "stress on consonant [K1]", "mixed [h][AY1]"],
+    [
+        "unclosed [AY1",
+        "stray ] bracket",
+        "nested [[AY1]]",
+        "empty [] here",
+        "bad [XX9] phone",
+        "stress on consonant [K1]",
+        "mixed [h][AY1]",
+    ],
 )
 def test_bad_markup_is_refused_with_a_position(text: str) -> None:
     with pytest.raises(MarkupInvalid):
@@ -30,8 +37,15 @@ def test_normalize_trims_and_refuses_blank() -> None:
 
 def test_segments_follow_sentences_and_pack_short_ones() -> None:
     text = "One. Two! Three? " + "Four is a longer sentence that goes on."
-    assert split_segments(text, 12) == ["One. Two!", "Three?", "Four is a", "longer", "sentence",
-                                        "that goes", "on."]
+    assert split_segments(text, 12) == [
+        "One. Two!",
+        "Three?",
+        "Four is a",
+        "longer",
+        "sentence",
+        "that goes",
+        "on.",
+    ]
     assert split_segments(text, 400) == [text.strip()]
     assert split_segments("第一句。第二句！", 4) == ["第一句。", "第二句！"]
 

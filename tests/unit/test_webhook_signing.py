@@ -11,8 +11,12 @@ SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode
 
 def test_signature_matches_standard_webhooks_reference_vector() -> None:
     # The example from the Standard Webhooks spec's reference libraries.
-    sig = sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek",
-               1614265330, b'{"test": 2432232314}')
+    sig = sign(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        b'{"test": 2432232314}',
+    )
     assert sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
@@ -41,9 +45,16 @@ def test_retry_after_seconds_and_http_date() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1/x", "http://localhost:8080/", "http://10.1.2.3/", "http://192.168.0.5/",
-     "http://169.254.169.254/latest/meta-data", "http://[::1]/", "http://[::ffff:127.0.0.1]/",
-     "http://metadata.internal/"],
+    [
+        "http://127.0.0.1/x",
+        "http://localhost:8080/",
+        "http://10.1.2.3/",
+        "http://192.168.0.5/",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://metadata.internal/",
+    ],
 )
 def test_private_targets_are_refused_by_default(url: str) -> None:
     with pytest.raises(WebhookUrlForbidden):
@@ -52,8 +63,15 @@ def test_private_targets_are_refused_by_default(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/", "not a url", "http://", "https://user:pw@example.com/",
-            "http://example.com:99999/", "https://example.com/" + "a" * 3000],
+    "url",
+    [
+        "ftp://example.com/",
+        "not a url",
+        "http://",
+        "https://user:pw@example.com/",
+        "http://example.com:99999/",
+        "https://example.com/" + "a" * 3000,
+    ],
 )
 def test_malformed_urls_are_invalid(url: str) -> None:
     with pytest.raises(WebhookUrlInvalid):

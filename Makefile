@@ -1,0 +1,45 @@
+# The two commands: `make run` (the whole farm in the foreground) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch (on this machine's disk); never let a resolver pick a CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: run test lint services install install-dev bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[worker,cpu]"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[worker,cpu,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+services:
+	./infra/dev/ensure-services.sh
+
+# API on 127.0.0.1:8000, worker supervisor (Piper on CPU), beat, Flower on :5555.
+# Webhooks to loopback are allowed here, for local receivers; production refuses them.
+run: $(VENV)/.installed
+	VOICEFARM_WEBHOOK_ALLOW_PRIVATE=$${VOICEFARM_WEBHOOK_ALLOW_PRIVATE:-true} \
+	  exec $(BIN)/voicefarm farm
+
+test: $(VENV)/.installed-dev services
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+bench: $(VENV)/.installed-dev services
+	$(BIN)/python bench/synth_rtf.py
+	$(BIN)/python bench/api_admission.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
