@@ -39,7 +39,7 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev services
 	$(BIN)/python bench/synth_rtf.py
-	$(BIN)/python bench/api_admission.py
+	$(BIN)/python bench/farm_throughput.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
