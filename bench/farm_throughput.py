@@ -33,7 +33,7 @@ def _port() -> int:
 
 def _pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 def main() -> None:
@@ -61,11 +61,31 @@ def main() -> None:
     redis.Redis.from_url(env["VOICEFARM_REDIS_URL"]).flushdb()
     log = (tmp / "farm.log").open("wb")
     procs = [
-        subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port),
-                          "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=log,
-                         start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "cli.main", "workers"], cwd=ROOT, env=env,
-                         stdout=log, stderr=log, start_new_session=True),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "workers"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        ),
     ]
     base = f"http://127.0.0.1:{port}"
     try:
@@ -98,11 +118,15 @@ def main() -> None:
                 time.sleep(0.05)
             total = time.perf_counter() - start
         print(f"jobs: {args.jobs}, CPU workers: {args.workers}, machine: {os.cpu_count()} cores")
-        print(f"admission POST /v1/jobs ms: p50 {_pct(admit, 50):.1f}  p95 {_pct(admit, 95):.1f}"
-              f"  max {max(admit):.1f}")
+        print(
+            f"admission POST /v1/jobs ms: p50 {_pct(admit, 50):.1f}  p95 {_pct(admit, 95):.1f}"
+            f"  max {max(admit):.1f}"
+        )
         lat = list(latencies.values())
-        print(f"submit->succeeded s: p50 {_pct(lat, 50):.2f}  p95 {_pct(lat, 95):.2f}  "
-              f"mean {statistics.mean(lat):.2f}")
+        print(
+            f"submit->succeeded s: p50 {_pct(lat, 50):.2f}  p95 {_pct(lat, 95):.2f}  "
+            f"mean {statistics.mean(lat):.2f}"
+        )
         print(f"throughput: {args.jobs / total * 60:.0f} jobs/min ({total:.1f} s for all)")
     finally:
         for p in procs:

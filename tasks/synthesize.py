@@ -228,8 +228,13 @@ def _observe(
     engine: str, device: str, synth_s: float, upload_s: float, total_s: float, audio_s: float
 ) -> None:
     from workers import metrics
+    from workers.device import gpu_memory_bytes
 
     metrics.JOBS_FINISHED.labels(engine, "succeeded").inc()
+    memory = gpu_memory_bytes()
+    if memory is not None:
+        metrics.GPU_MEMORY.labels("allocated").set(memory[0])
+        metrics.GPU_MEMORY.labels("reserved").set(memory[1])
     metrics.JOB_DURATION.labels(engine, "synthesize").observe(synth_s)
     metrics.JOB_DURATION.labels(engine, "upload").observe(upload_s)
     metrics.JOB_DURATION.labels(engine, "total").observe(total_s)
