@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.routes import health, jobs
+from api.security import ApiKey, BodyLimit
 from core.logging import configure_logging
 from core.settings import get_settings
 
@@ -29,8 +30,9 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
     app.include_router(health.router)
-    app.include_router(jobs.router)
+    app.include_router(jobs.router, dependencies=[ApiKey])
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -19,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     say.add_argument("--speed", type=float, default=1.0)
     say.add_argument("--sample-rate", type=int)
     say.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    say.add_argument(
+        "--api-key",
+        default=os.environ.get("VOICEFARM_API_KEY"),
+        help="API key (default $VOICEFARM_API_KEY)",
+    )
 
     sub.add_parser("workers", help="run the worker supervisor (one process per GPU)")
     migrate = sub.add_parser("migrate", help="wait for PostgreSQL and apply migrations")

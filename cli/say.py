@@ -31,7 +31,10 @@ def run_say(args: argparse.Namespace) -> int:
     if args.sample_rate:
         body["sample_rate"] = args.sample_rate
     tty = sys.stderr.isatty()
-    with httpx.Client(base_url=base, timeout=30.0, follow_redirects=True) as client:
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(
+        base_url=base, timeout=30.0, follow_redirects=True, headers=headers
+    ) as client:
         try:
             resp = client.post("/v1/jobs", json=body)
         except httpx.HTTPError as exc:

@@ -73,6 +73,16 @@ class IdempotencyConflict(VoicefarmError):
     code = "idempotency_key_reused"
 
 
+class Unauthorized(VoicefarmError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class RequestTooLarge(VoicefarmError):
+    status_code = 413
+    code = "request_too_large"
+
+
 class JobNotFound(VoicefarmError):
     status_code = 404
     code = "job_not_found"

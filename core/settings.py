@@ -36,8 +36,6 @@ class Settings(BaseSettings):
     # Connections
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/voicefarm"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Cancel signals and worker heartbeats; defaults to the broker's Redis.
-    broker_url: str | None = None
 
     # HTTP API
     api_host: str = "127.0.0.1"
@@ -45,6 +43,11 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     flower_port: int = 5555
     flower_basic_auth: SecretStr = SecretStr("admin:voicefarm")
+
+    # Clients must send `Authorization: Bearer <key>` with one of these (comma-separated);
+    # empty: no authentication (development, or a gateway in front does it).
+    api_keys: SecretStr = SecretStr("")
+    max_request_bytes: int = Field(1_000_000, ge=1024)
 
     # Admission limits
     max_text_chars: int = Field(5000, ge=1)
@@ -100,9 +103,8 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @property
-    def signal_url(self) -> str:
-        return self.broker_url or self.redis_url
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:

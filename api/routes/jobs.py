@@ -23,8 +23,10 @@ from core.errors import (
     JobNotCancelable,
     JobNotFound,
     MarkupInvalid,
+    RequestTooLarge,
     TextEmpty,
     TextTooLong,
+    Unauthorized,
     UnknownEngine,
     UnknownVoice,
     UnsupportedFormat,
@@ -40,7 +42,7 @@ from db.views import job_view
 from tasks.send import send_synthesize, send_webhooks
 
 log = logging.getLogger("voicefarm.api")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(Unauthorized))
 
 
 def _out(job: Job, base_url: str) -> JobOut:
@@ -74,6 +76,7 @@ def _safe_publish(job: Job, deliveries: list[str]) -> None:
         WebhookUrlForbidden,
         ValidationFailed,
         IdempotencyConflict,
+        RequestTooLarge,
     ),
 )
 def create_job(

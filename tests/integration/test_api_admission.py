@@ -176,3 +176,63 @@ def test_readyz_reports_a_dead_broker(client: TestClient) -> None:
     client.app.dependency_overrides[get_settings] = lambda: broken  # type: ignore[attr-defined]
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
+
+
+def test_oversized_bodies_are_413_before_parsing(client: TestClient, db: str) -> None:
+    huge = b'{"text": "' + b"a" * 2_000_000 + b'"}'
+    r = client.post("/v1/jobs", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"text": "'
+        for _ in range(20):
+            yield b"a" * 100_000
+        yield b'"}'
+
+    r = client.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert _count(db) == (0, 0)
+
+
+def test_api_keys_when_configured(client: TestClient, db: str) -> None:
+    from core.settings import Settings, get_settings
+
+    keyed = Settings(api_keys="k-one, k-two")
+    client.app.dependency_overrides[get_settings] = lambda: keyed  # type: ignore[attr-defined]
+    assert client.post("/v1/jobs", json={"text": "hi"}).status_code == 401
+    bad = client.post("/v1/jobs", json={"text": "hi"}, headers={"authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"
+    ok = client.post("/v1/jobs", json={"text": "hi"}, headers={"authorization": "Bearer k-two"})
+    assert ok.status_code == 202
+    assert client.get("/healthz").status_code == 200  # probes stay open
+    assert _count(db) == (1, 0)
+
+
+def test_broker_down_at_admission_still_answers_202_and_keeps_the_job(
+    client: TestClient, db: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish fails (injected: the broker connection refuses); the committed row waits for
+    the reconciler, which publishes it once the broker is back."""
+    from kombu.exceptions import OperationalError
+
+    from tasks.app import celery_app
+    from tasks.maintenance import reconcile
+
+    real_send = celery_app.send_task
+
+    def refuse(*a: Any, **k: Any) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(celery_app, "send_task", refuse)
+    r = client.post("/v1/jobs", json={"text": "kept safe"})
+    assert r.status_code == 202 and _count(db) == (1, 0)
+    assert _queued_messages(redis_client) == 0
+    monkeypatch.setattr(celery_app, "send_task", real_send)
+    from sqlalchemy import text
+
+    from db.session import get_engine
+
+    with get_engine(db).begin() as c:  # let the grace period pass
+        c.execute(text("UPDATE jobs SET dispatched_at = now() - interval '1 minute'"))
+    assert reconcile()["republished"] == 1
+    assert _queued_messages(redis_client) == 1

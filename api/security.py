@@ -1,0 +1,83 @@
+"""API keys (optional) and the request-size limit."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, Header
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.deps import SettingsDep
+from core.errors import RequestTooLarge, Unauthorized
+
+
+def require_api_key(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    keys = settings.api_key_list()
+    if not keys:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not any(
+        hmac.compare_digest(token.encode(), k.encode()) for k in keys
+    ):
+        raise Unauthorized("send a valid API key as `Authorization: Bearer <key>`")
+
+
+ApiKey = Depends(require_api_key)
+
+
+class BodyLimit:
+    """Refuse bodies over `max_bytes` with 413 before they are buffered or parsed, whether the
+    client sends Content-Length or streams chunks."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(send)
+            return
+        seen = 0
+        refused = False
+
+        async def limited() -> Message:
+            # Past the limit: answer 413 now and tell the app the client went away, so it stops
+            # reading; whatever it tries to send afterwards is dropped.
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    refused = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited, guarded_send)
+
+    async def _refuse(self, send: Send) -> None:
+        import json
+
+        err = RequestTooLarge(f"request body is larger than {self.max_bytes} bytes")
+        body = json.dumps(err.to_body()).encode()
+        headers: list[Any] = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
