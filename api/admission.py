@@ -73,7 +73,10 @@ def admit(body: JobCreate, settings: Settings) -> Job:
     if body.webhook_url is not None:
         check_webhook_url(body.webhook_url, allow_private=settings.webhook_allow_private)
     metadata = body.metadata or {}
-    if len(json.dumps(metadata)) > settings.max_metadata_bytes:
+    encoded = json.dumps(metadata)
+    if "\\u0000" in encoded:
+        raise ValidationFailed("metadata contains a NUL character", field="metadata")
+    if len(encoded) > settings.max_metadata_bytes:
         raise ValidationFailed(
             f"metadata is larger than {settings.max_metadata_bytes} bytes of JSON",
             field="metadata",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
@@ -47,7 +48,7 @@ def run_workers() -> int:
     return supervisor.run()
 
 
-def _count_restart(settings: Settings):  # type: ignore[no-untyped-def]
+def _count_restart(settings: Settings) -> Callable[[str, str], None]:
     from prometheus_client import Counter, start_http_server
 
     restarts = Counter("voicefarm_worker_restarts_total", "Worker restarts", ["worker", "reason"])
@@ -90,7 +91,8 @@ def run_farm() -> int:
                 str(settings.api_port),
             ],
         ),
-        ChildSpec("workers", [exe, "-m", "cli.main", "workers"]),
+        # Longer than the inner supervisor's own grace, so it can stop its children cleanly.
+        ChildSpec("workers", [exe, "-m", "cli.main", "workers"], stop_grace=30.0),
         ChildSpec(
             "beat",
             celery_argv(

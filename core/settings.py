@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -113,8 +114,15 @@ class Settings(BaseSettings):
                 raise ValueError("set VOICEFARM_WEBHOOK_SECRET in production")
             if self.flower_basic_auth.get_secret_value() == "admin:voicefarm":
                 raise ValueError("set VOICEFARM_FLOWER_BASIC_AUTH in production")
-        if not self.webhook_secret.get_secret_value().startswith("whsec_"):
-            raise ValueError("VOICEFARM_WEBHOOK_SECRET must look like whsec_<base64>")
+        secret = self.webhook_secret.get_secret_value()
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not secret.startswith("whsec_") or len(key) < 16:
+            raise ValueError(
+                "VOICEFARM_WEBHOOK_SECRET must look like whsec_<base64 of 16+ random bytes>"
+            )
         return self
 
 

@@ -130,6 +130,8 @@ def markup_kinds(text: str) -> set[MarkupKind]:
 
 def normalize(text: str) -> str:
     """Collapse runs of spaces and trim; keep newlines as sentence breaks."""
+    if "\x00" in text:
+        raise MarkupInvalid("text contains a NUL character", field="text")
     lines = [" ".join(line.split()) for line in text.replace("\r\n", "\n").split("\n")]
     out = "\n".join(line for line in lines if line)
     if not out:

@@ -59,7 +59,14 @@ def check_webhook_url(url: str, *, allow_private: bool, resolve: bool = True) ->
     """
     if len(url) > MAX_URL_LENGTH:
         raise WebhookUrlInvalid(f"webhook_url is longer than {MAX_URL_LENGTH} characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        if parts.hostname:
+            parts.hostname.encode("idna")  # refuses empty or over-long labels
+    except (ValueError, UnicodeError) as exc:
+        raise WebhookUrlInvalid(
+            f"webhook_url is not a valid URL: {exc}", field="webhook_url"
+        ) from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookUrlInvalid(
             "webhook_url must be an absolute http(s) URL, e.g. https://example.com/hooks",
@@ -85,7 +92,7 @@ def check_webhook_url(url: str, *, allow_private: bool, resolve: bool = True) ->
             return url
         try:
             infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
-        except OSError as exc:
+        except (OSError, UnicodeError, ValueError) as exc:
             raise WebhookUrlInvalid(
                 f"webhook_url host {host!r} does not resolve", field="webhook_url"
             ) from exc

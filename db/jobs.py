@@ -243,15 +243,37 @@ def requeue_expired_leases(session: Session, base_url: str) -> tuple[list[Redisp
     return again, deliveries
 
 
-def stale_queued(session: Session, grace_seconds: float, limit: int = 500) -> list[Redispatch]:
-    """Queued jobs that nobody claimed within the grace period: their message may be lost."""
+def _stale(grace_seconds: float) -> ColumnElement[bool]:
     cutoff = func.now() - timedelta(seconds=grace_seconds)
+    return and_(
+        Job.status == JobStatus.queued.value,
+        or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff),
+    )
+
+
+def stale_routes(session: Session, grace_seconds: float) -> set[tuple[str, str]]:
+    """(engine, priority) pairs that have queued jobs unclaimed past the grace period."""
+    rows = session.execute(
+        select(Job.engine, Job.priority).where(_stale(grace_seconds)).distinct()
+    ).all()
+    return {(r[0], r[1]) for r in rows}
+
+
+def stale_queued(
+    session: Session,
+    grace_seconds: float,
+    routes: set[tuple[str, str]] | None = None,
+    limit: int = 500,
+) -> list[Redispatch]:
+    """Queued jobs nobody claimed within the grace period, on `routes` (all when None)."""
+    if routes is not None and not routes:
+        return []
+    cond = _stale(grace_seconds)
+    if routes is not None:
+        cond = and_(cond, or_(*(and_(Job.engine == e, Job.priority == p) for e, p in routes)))
     rows = session.execute(
         select(Job.id, Job.engine, Job.priority)
-        .where(
-            Job.status == JobStatus.queued.value,
-            or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff),
-        )
+        .where(cond)
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)

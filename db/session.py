@@ -6,6 +6,7 @@ runs only once the transaction is durable; a rollback drops it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 _AFTER_COMMIT = "voicefarm_after_commit"
+log = logging.getLogger("voicefarm.db")
 
 
 @lru_cache
@@ -31,11 +33,22 @@ def after_commit(session: Session, fn: Callable[[], object]) -> None:
 
 
 def commit(session: Session) -> None:
-    """Commit, then run the callbacks registered for this transaction."""
+    """Commit, then run the callbacks registered for this transaction.
+
+    The transaction is durable by then, so a failing callback (the broker is down) is logged and
+    swallowed: the reconciler re-publishes whatever was not sent. Raising here would turn a
+    committed change into a 500 for the client or a stuck job in a worker."""
     session.commit()
     callbacks = session.info.pop(_AFTER_COMMIT, [])
     for fn in callbacks:
-        fn()
+        try:
+            fn()
+        except Exception:
+            log.warning(
+                "event=db.after_commit_failed callback=%r (the reconciler retries)",
+                fn,
+                exc_info=True,
+            )
 
 
 def rollback(session: Session) -> None:

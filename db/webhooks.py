@@ -86,17 +86,20 @@ def claim_delivery(
 def record_attempt(
     session: Session,
     delivery: WebhookDelivery,
+    attempt: int,
     *,
     status_code: int | None,
     error: str | None,
     duration_ms: int,
     outcome: DeliveryStatus,
     retry_in: float | None,
-) -> None:
+) -> bool:
+    """Log the attempt and move the delivery on. Fenced by the attempt number: if the lock ran
+    out and another worker took the delivery meanwhile, only the history row is written."""
     session.add(
         WebhookAttempt(
             delivery_id=delivery.id,
-            attempt=delivery.attempts,
+            attempt=attempt,
             duration_ms=duration_ms,
             status_code=status_code,
             error=error,
@@ -113,9 +116,18 @@ def record_attempt(
     if outcome == DeliveryStatus.pending and retry_in is not None:
         values["next_attempt_at"] = func.now() + timedelta(seconds=retry_in)
         values["dispatched_at"] = None
-    session.execute(
-        update(WebhookDelivery).where(WebhookDelivery.id == delivery.id).values(**values)
-    )
+    updated = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery.id,
+            WebhookDelivery.status == DeliveryStatus.sending,
+            WebhookDelivery.attempts == attempt,
+        )
+        .values(**values)
+        .returning(WebhookDelivery.id)
+    ).scalar_one_or_none()
+    if updated is None:
+        return False
     if outcome == DeliveryStatus.disabled:
         # 410 Gone: the receiver wants nothing more for this job; drop what is still waiting.
         session.execute(
@@ -127,6 +139,7 @@ def record_attempt(
             )
             .values(status=DeliveryStatus.disabled.value)
         )
+    return True
 
 
 def due_deliveries(session: Session, grace_seconds: float = 30.0, limit: int = 100) -> list[str]:

@@ -2,8 +2,8 @@
 
 - running jobs whose lease expired (worker killed or hung) go back to queued, or fail when out of
   attempts;
-- queued jobs nobody claimed within the grace period are published again (lost message, Redis
-  restarted empty);
+- queued jobs nobody claimed within the grace period are published again when their engine's
+  queue is empty (the message was lost, or Redis restarted empty);
 - webhook deliveries that are due (retries, lost messages) are dispatched.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from core.enums import TaskName
+from core.enums import Priority, TaskName, synth_queue
 from core.settings import get_settings
 from db import jobs as q
 from db import webhooks as wq
@@ -22,12 +22,25 @@ from tasks.send import send_synthesize, send_webhooks
 log = logging.getLogger("voicefarm.maintenance")
 
 
+def queue_size(name: str) -> int:
+    """Messages waiting in a broker queue; a queue the broker doesn't know holds none."""
+    try:
+        with celery_app.connection_for_read() as conn:
+            return int(conn.default_channel.queue_declare(queue=name, passive=True).message_count)
+    except Exception:
+        return 0
+
+
 @celery_app.task(name=TaskName.reconcile.value, ignore_result=True)
 def reconcile() -> dict[str, int]:
     settings = get_settings()
     with session_scope(settings.database_url) as s:
         expired, deliveries = q.requeue_expired_leases(s, settings.public_base_url)
-        stale = q.stale_queued(s, settings.requeue_grace_seconds)
+        # Only where the engine's queue is empty: a job waiting behind a backlog still has its
+        # message, and re-publishing it every grace period would flood the broker.
+        routes = q.stale_routes(s, settings.requeue_grace_seconds)
+        idle = {(e, p) for e, p in routes if queue_size(synth_queue(e, Priority(p))) == 0}
+        stale = q.stale_queued(s, settings.requeue_grace_seconds, idle)
         due = wq.due_deliveries(s, grace_seconds=settings.requeue_grace_seconds)
         redispatch = expired + stale
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +51,47 @@ class DeviceUnhealthy(Exception):
     pass
 
 
+class LeaseKeeper:
+    """Renews the job's lease (fenced by attempt) while one long segment runs.
+
+    Liveness is a separate signal: the supervisor's heartbeat file is written only from the
+    segment loop and the consumer's timer, so a wedged engine still gets its process killed
+    (and this thread with it). The keeper also stops renewing at the job deadline, so a job can
+    never hold its lease forever.
+    """
+
+    def __init__(self, settings: Settings, claim: q.Claim) -> None:
+        self.settings = settings
+        self.claim = claim
+        self.done = threading.Event()
+        self.lost = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self.deadline = time.monotonic() + settings.job_deadline_seconds
+
+    def __enter__(self) -> LeaseKeeper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        interval = max(0.5, self.settings.lease_seconds / 3)
+        while not self.done.wait(interval) and time.monotonic() < self.deadline:
+            try:
+                with session_scope(self.settings.database_url) as s:
+                    alive = q.heartbeat(s, self.claim, self.settings.lease_seconds)
+            except Exception:
+                log.warning(
+                    "event=jobs.lease_renew_failed job=%s", self.claim.job_id, exc_info=True
+                )
+                continue
+            if not alive:
+                self.lost.set()
+                return
+
+
 @celery_app.task(name=TaskName.synthesize.value, ignore_result=True)
 def synthesize(job_id: str) -> None:
     from workers import runtime
@@ -72,7 +114,8 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
     log.info("event=jobs.claimed job=%s attempt=%d worker=%s", job_id, claim.attempt, rt.worker_id)
     t0 = time.perf_counter()
     try:
-        _run_claimed(rt, claim, inp, t0)
+        with LeaseKeeper(settings, claim) as keeper:
+            _run_claimed(rt, claim, inp, t0, keeper)
     except Stopped:
         log.info("event=jobs.stopped job=%s attempt=%d", job_id, claim.attempt)
     except DeviceUnhealthy as exc:
@@ -95,13 +138,15 @@ def runtime_exit_code() -> int:
     return EXIT_DEVICE_UNHEALTHY
 
 
-def _run_claimed(rt: Runtime, claim: q.Claim, inp: JobInput, t0: float) -> None:
+def _run_claimed(
+    rt: Runtime, claim: q.Claim, inp: JobInput, t0: float, keeper: LeaseKeeper
+) -> None:
     from workers import audio as audio_ops
 
     settings = rt.settings
     engine = rt.engine(inp.engine)
     segments = split_segments(inp.text, settings.segment_max_chars)
-    _beat(rt, claim, done=0, total=len(segments), started=t0)
+    _beat(rt, claim, keeper, done=0, total=len(segments), started=t0)
     parts: list[Audio] = []
     synth_seconds = 0.0
     for i, segment in enumerate(segments):
@@ -117,7 +162,7 @@ def _run_claimed(rt: Runtime, claim: q.Claim, inp: JobInput, t0: float) -> None:
         s0 = time.perf_counter()
         parts.extend(_synthesize_segment(engine, segment, inp))
         synth_seconds += time.perf_counter() - s0
-        _beat(rt, claim, done=i + 1, total=None, started=t0)
+        _beat(rt, claim, keeper, done=i + 1, total=None, started=t0)
 
     joined = audio_ops.join(parts)
     if inp.sample_rate and inp.sample_rate != joined.sample_rate:
@@ -193,14 +238,22 @@ def _halve(text: str) -> list[str]:
     return [p for p in (text[:cut].strip(), text[cut:].strip()) if p]
 
 
-def _beat(rt: Runtime, claim: q.Claim, *, done: int, total: int | None, started: float) -> None:
+def _beat(
+    rt: Runtime,
+    claim: q.Claim,
+    keeper: LeaseKeeper,
+    *,
+    done: int,
+    total: int | None,
+    started: float,
+) -> None:
     # The supervisor reads wall-clock times; `started` is this process's perf_counter.
     rt.beat(str(claim.job_id), time.time() - (time.perf_counter() - started))
     with session_scope(rt.settings.database_url) as s:
         alive = q.heartbeat(
             s, claim, rt.settings.lease_seconds, segments_done=done, segments_total=total
         )
-    if not alive:
+    if not alive or keeper.lost.is_set():
         raise Stopped()
 
 

@@ -47,7 +47,8 @@ def parse_retry_after(value: str | None) -> float | None:
 def deliver(delivery_id: str) -> None:
     settings = get_settings()
     with session_scope(settings.database_url) as s:
-        d = wq.claim_delivery(s, delivery_id, lock_seconds=settings.webhook_timeout_seconds * 3)
+        # httpx's timeout applies per phase (connect, write, each read): lock for several.
+        d = wq.claim_delivery(s, delivery_id, lock_seconds=settings.webhook_timeout_seconds * 6)
         if d is None:
             return
         url, payload, attempt = d.url, d.payload, d.attempts
@@ -81,7 +82,7 @@ def deliver(delivery_id: str) -> None:
         retry_after = parse_retry_after(resp.headers.get("retry-after"))
     except VoicefarmError as exc:
         error = f"{exc.code}: {exc.message}"
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # network errors, bad URLs: a failed attempt, never a stuck row
         error = f"{type(exc).__name__}: {exc}"[:500]
     duration_ms = int((time.perf_counter() - t0) * 1000)
 
@@ -106,6 +107,7 @@ def deliver(delivery_id: str) -> None:
         wq.record_attempt(
             s,
             d,
+            attempt,
             status_code=status_code,
             error=error,
             duration_ms=duration_ms,

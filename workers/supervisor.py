@@ -32,7 +32,7 @@ log = logging.getLogger("voicefarm.supervisor")
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 HEALTHY_AFTER = 60.0  # a child that ran this long resets its backoff
-STOP_GRACE = 20.0
+STOP_GRACE = 20.0  # per child: Celery's warm shutdown lets the current segment finish
 
 
 @dataclass
@@ -44,6 +44,7 @@ class ChildSpec:
     hang_seconds: float | None = None
     deadline_seconds: float | None = None
     startup_grace: float = 120.0
+    stop_grace: float = STOP_GRACE
 
 
 @dataclass
@@ -142,14 +143,25 @@ class Supervisor:
             if hung:
                 log.error("event=supervisor.kill child=%s reason=%s", child.spec.name, hung)
                 self._kill(child, signal.SIGKILL)
-                child.proc.wait(timeout=10)
+                try:
+                    child.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    # Stuck in the kernel (a wedged driver): collect it on a later tick rather
+                    # than taking every healthy worker down with this one.
+                    log.error(
+                        "event=supervisor.unkillable child=%s pid=%d",
+                        child.spec.name,
+                        child.proc.pid,
+                    )
+                    continue
                 self._restart_later(child, hung)
 
     def stop(self) -> None:
         self.stopping = True
         for child in self.children:
             self._kill(child, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
+        grace = max((c.spec.stop_grace for c in self.children), default=STOP_GRACE)
+        deadline = time.monotonic() + grace
         for child in self.children:
             if child.proc is None:
                 continue
@@ -218,7 +230,8 @@ def worker_specs(settings: Settings) -> list[ChildSpec]:
                 env=env,
                 heartbeat_file=state / f"{slot}.heartbeat",
                 hang_seconds=settings.worker_hang_seconds,
-                deadline_seconds=settings.job_deadline_seconds,
+                # The task fails a job at its deadline itself; this is for when it cannot.
+                deadline_seconds=settings.job_deadline_seconds + settings.worker_hang_seconds,
             )
         )
     if settings.supervise_ops_worker:

@@ -49,18 +49,6 @@ def _out(job: Job, base_url: str) -> JobOut:
     return JobOut.model_validate(job_view(job, base_url))
 
 
-def _safe_publish(job: Job, deliveries: list[str]) -> None:
-    """Publish after commit. If the broker is down the job is still safe in PostgreSQL and the
-    reconciler publishes it once the grace period passes; the client still gets its 202."""
-    try:
-        send_synthesize(job.id, job.engine, job.priority)
-        send_webhooks(deliveries)
-    except Exception:
-        log.warning(
-            "event=jobs.publish_failed job=%s (the reconciler will retry)", job.id, exc_info=True
-        )
-
-
 @router.post(
     "",
     status_code=202,
@@ -104,7 +92,8 @@ def create_job(
         if existing is None:
             raise
         return _replay(existing, digest, settings.public_base_url, response)
-    after_commit(session, lambda: _safe_publish(job, deliveries))
+    after_commit(session, lambda: send_synthesize(job.id, job.engine, job.priority))
+    after_commit(session, lambda: send_webhooks(deliveries))
     out = _out(job, settings.public_base_url)
     commit(session)
     JOBS_SUBMITTED.labels(job.engine).inc()

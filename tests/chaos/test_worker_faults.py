@@ -57,6 +57,24 @@ def test_killed_worker_job_is_requeued_and_finished_by_another(client: Any, log_
         second.stop()
 
 
+def test_a_segment_longer_than_the_lease_keeps_its_lease(client: Any, log_dir: Path) -> None:
+    """One 3 s segment against a 1 s lease while the reconciler runs: the lease keeper renews it,
+    so the job is not handed to a second attempt."""
+    worker = start_worker(
+        log_dir,
+        "tone",
+        name="longseg",
+        extra_queues="",
+        env={"VOICEFARM_LEASE_SECONDS": "1", "FIXTURE_SEGMENT_DELAY": "3"},
+    )
+    try:
+        job = client.post("/v1/jobs", json={"text": "one long segment", "engine": "tone"}).json()
+        done = _reconcile_until(client, job["id"], TERMINAL, timeout=30)
+        assert done["status"] == "succeeded" and done["attempts"] == 1, worker.tail()
+    finally:
+        worker.stop()
+
+
 def test_job_survives_a_broker_that_lost_its_message(
     client: Any, log_dir: Path, redis_client: Any
 ) -> None:

@@ -65,6 +65,10 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"text": "hi", "surprise": 1}, 422, "validation_failed"),
     ({"text": 5}, 422, "validation_failed"),
     ({"text": "hi", "metadata": {"k": "v" * 5000}}, 422, "validation_failed"),
+    ({"text": "hi\u0000there"}, 422, "markup_invalid"),
+    ({"text": "hi", "metadata": {"k": "nul\u0000"}}, 422, "validation_failed"),
+    ({"text": "hi", "webhook_url": "https://a..b.com/hook"}, 422, "webhook_url_invalid"),
+    ({"text": "hi", "webhook_url": "https://" + "x" * 70 + ".com/"}, 422, "webhook_url_invalid"),
 ]
 
 
@@ -236,3 +240,22 @@ def test_broker_down_at_admission_still_answers_202_and_keeps_the_job(
         c.execute(text("UPDATE jobs SET dispatched_at = now() - interval '1 minute'"))
     assert reconcile()["republished"] == 1
     assert _queued_messages(redis_client) == 1
+
+
+def test_reconciler_leaves_a_backlog_alone_and_republishes_lost_messages(
+    client: TestClient, db: str, redis_client: Any
+) -> None:
+    from sqlalchemy import text
+
+    from db.session import get_engine
+    from tasks.maintenance import reconcile
+
+    for i in range(3):
+        assert client.post("/v1/jobs", json={"text": f"waiting {i}"}).status_code == 202
+    with get_engine(db).begin() as c:
+        c.execute(text("UPDATE jobs SET dispatched_at = now() - interval '1 minute'"))
+    assert reconcile()["republished"] == 0  # their messages are still in the queue
+    assert _queued_messages(redis_client) == 3
+    redis_client.delete("synth.piper")  # the broker loses them
+    assert reconcile()["republished"] == 3
+    assert _queued_messages(redis_client) == 3

@@ -128,3 +128,47 @@ def test_canceled_job_stops_its_worker_at_the_next_heartbeat(db: str) -> None:
     with session_scope(db) as s:
         assert not q.heartbeat(s, claim, 30, segments_done=1)
         assert q.finish_success(s, claim, _result(job_id, 1), BASE) is None
+
+
+def test_a_webhook_attempt_whose_lock_expired_cannot_overwrite_the_next(db: str) -> None:
+    from core.enums import DeliveryStatus
+    from db import webhooks as wq
+    from db.models import WebhookDelivery
+
+    job_id = _new_job(db, webhook_url="http://127.0.0.1:9/h")
+    with get_sessionmaker(db)() as s:
+        delivery_id = s.query(WebhookDelivery.id).filter_by(job_id=job_id).scalar()
+    with session_scope(db) as s:
+        first = wq.claim_delivery(s, delivery_id, lock_seconds=0)
+        assert first and first.attempts == 1
+    with session_scope(db) as s:  # the lock ran out: another worker takes it
+        second = wq.claim_delivery(s, delivery_id, lock_seconds=60)
+        assert second and second.attempts == 2
+    with session_scope(db) as s:
+        d = s.get(WebhookDelivery, delivery_id)
+        assert wq.record_attempt(
+            s,
+            d,
+            2,
+            status_code=200,
+            error=None,
+            duration_ms=5,
+            outcome=DeliveryStatus.delivered,
+            retry_in=None,
+        )
+    with session_scope(db) as s:  # the slow first attempt finally times out
+        d = s.get(WebhookDelivery, delivery_id)
+        assert not wq.record_attempt(
+            s,
+            d,
+            1,
+            status_code=None,
+            error="timeout",
+            duration_ms=9,
+            outcome=DeliveryStatus.pending,
+            retry_in=5,
+        )
+    with get_sessionmaker(db)() as s:
+        d = s.get(WebhookDelivery, delivery_id)
+        assert d.status == "delivered"
+        assert [a.attempt for a in wq.attempts_for(s, [delivery_id])] == [2, 1]
