@@ -8,7 +8,8 @@ import hmac
 import ipaddress
 import random
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from core.errors import WebhookUrlForbidden, WebhookUrlInvalid
 
@@ -52,6 +53,34 @@ def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 def check_webhook_url(url: str, *, allow_private: bool, resolve: bool = True) -> str:
+    """Validate a webhook target and return it (see `resolve_webhook_target`)."""
+    resolve_webhook_target(url, allow_private=allow_private, resolve=resolve)
+    return url
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    # Set when the address was checked: connect to exactly this one (no second DNS lookup).
+    address: str | None = None
+
+
+def pinned_request(target: Target) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(url, extra headers, httpx extensions) that connect to the checked address while keeping
+    the Host header and the TLS server name (SNI and certificate check) of the original URL.
+    This closes the DNS-rebinding gap between the check and the connection."""
+    if target.address is None:
+        return target.url, {}, {}
+    parts = urlsplit(target.url)
+    host = parts.hostname or ""
+    ip = ipaddress.ip_address(target.address)
+    literal = f"[{ip}]" if ip.version == 6 else str(ip)
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    url = urlunsplit(parts._replace(netloc=netloc))
+    return url, {"host": parts.netloc.rsplit("@", 1)[-1]}, {"sni_hostname": host}
+
+
+def resolve_webhook_target(url: str, *, allow_private: bool, resolve: bool = True) -> Target:
     """Validate a webhook target; refuse loopback, private and link-local unless allowed.
 
     `resolve` looks the host up so a public name that points at 127.0.0.1 is refused too; the
@@ -79,7 +108,7 @@ def check_webhook_url(url: str, *, allow_private: bool, resolve: bool = True) ->
     except ValueError as exc:
         raise WebhookUrlInvalid(f"webhook_url has a bad port: {exc}", field="webhook_url") from exc
     if allow_private:
-        return url
+        return Target(url)
     host = parts.hostname
     try:
         addresses = [ipaddress.ip_address(host)]
@@ -89,7 +118,7 @@ def check_webhook_url(url: str, *, allow_private: bool, resolve: bool = True) ->
                 f"webhook_url host {host!r} is not public", field="webhook_url"
             ) from None
         if not resolve:
-            return url
+            return Target(url)
         try:
             infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
         except (OSError, UnicodeError, ValueError) as exc:
@@ -103,4 +132,4 @@ def check_webhook_url(url: str, *, allow_private: bool, resolve: bool = True) ->
             "set VOICEFARM_WEBHOOK_ALLOW_PRIVATE=true to allow it",
             field="webhook_url",
         )
-    return url
+    return Target(url, str(addresses[0]))

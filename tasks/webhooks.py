@@ -18,7 +18,7 @@ import httpx
 from core.enums import DeliveryStatus, TaskName
 from core.errors import VoicefarmError
 from core.settings import get_settings
-from core.webhooks import check_webhook_url, retry_delay, sign
+from core.webhooks import pinned_request, resolve_webhook_target, retry_delay, sign
 from db import webhooks as wq
 from db.session import session_scope
 from tasks.app import celery_app
@@ -69,15 +69,18 @@ def deliver(delivery_id: str) -> None:
     retry_after: float | None = None
     t0 = time.perf_counter()
     try:
-        # Checked again at send time: the name may resolve elsewhere than at admission.
-        check_webhook_url(url, allow_private=settings.webhook_allow_private)
-        resp = httpx.post(
-            url,
-            content=body,
-            headers=headers,
-            timeout=settings.webhook_timeout_seconds,
-            follow_redirects=False,
-        )
+        # Checked again at send time (the name may resolve elsewhere than at admission), and the
+        # connection goes to the address that passed the check.
+        target = resolve_webhook_target(url, allow_private=settings.webhook_allow_private)
+        send_url, extra_headers, extensions = pinned_request(target)
+        with httpx.Client(timeout=settings.webhook_timeout_seconds) as client:
+            resp = client.post(
+                send_url,
+                content=body,
+                headers={**headers, **extra_headers},
+                follow_redirects=False,
+                extensions=extensions,
+            )
         status_code = resp.status_code
         retry_after = parse_retry_after(resp.headers.get("retry-after"))
     except VoicefarmError as exc:

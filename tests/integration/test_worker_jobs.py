@@ -173,3 +173,48 @@ def test_wav_bytes_on_disk_match_the_recorded_hash(
     assert hashlib.sha256(data).hexdigest() == done["result"]["sha256"]
     samples, rate = read_wav(data)
     assert rate == 16000 and len(samples) > 0
+
+
+def test_delivery_rechecks_the_target_at_send_time(
+    db: str, receiver: Receiver, monkeypatch: Any
+) -> None:
+    """A row that points at loopback (allowed when it was written) is refused when the policy
+    says no at send time: a failed attempt is recorded and nothing reaches the receiver."""
+    import os
+
+    from db import webhooks as wq
+    from db.models import WebhookDelivery
+    from db.session import get_sessionmaker
+    from tasks.webhooks import deliver
+    from tests.integration.test_db_lifecycle import _new_job
+
+    job_id = _new_job(db, webhook_url=receiver.url)
+    with get_sessionmaker(db)() as s:
+        delivery_id = s.query(WebhookDelivery.id).filter_by(job_id=job_id).scalar()
+    monkeypatch.setitem(os.environ, "VOICEFARM_WEBHOOK_ALLOW_PRIVATE", "false")
+    get_settings.cache_clear()
+    try:
+        deliver(delivery_id)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert receiver.requests == []
+    with get_sessionmaker(db)() as s:
+        (attempt,) = wq.attempts_for(s, [delivery_id])
+        assert attempt.error and attempt.error.startswith("webhook_url_forbidden")
+        assert s.get(WebhookDelivery, delivery_id).status == "pending"  # retried later
+
+
+def test_pinned_request_reaches_the_checked_address_under_the_original_host(
+    receiver: Receiver,
+) -> None:
+    """The name in the URL is never resolved again: the request goes to the pinned address."""
+    import httpx
+
+    from core.webhooks import Target, pinned_request
+
+    port = receiver.server.server_address[1]
+    url, headers, ext = pinned_request(Target(f"http://hooks.invalid:{port}/hooks", "127.0.0.1"))
+    with httpx.Client() as c:
+        assert c.post(url, content=b"{}", headers=headers, extensions=ext).status_code == 200
+    assert receiver.requests[0].headers["host"] == f"hooks.invalid:{port}"

@@ -80,3 +80,24 @@ def test_malformed_urls_are_invalid(url: str) -> None:
 
 def test_public_ip_literal_is_allowed() -> None:
     assert check_webhook_url("https://93.184.216.34/hook", allow_private=False)
+
+
+def test_pinned_request_connects_to_the_checked_address_with_original_host_and_sni() -> None:
+    from core.webhooks import Target, pinned_request
+
+    url, headers, ext = pinned_request(
+        Target("https://hooks.example.com:8443/a?b=1", "93.184.216.34")
+    )
+    assert url == "https://93.184.216.34:8443/a?b=1"
+    assert headers == {"host": "hooks.example.com:8443"}
+    assert ext == {"sni_hostname": "hooks.example.com"}
+    url6, _, _ = pinned_request(Target("http://h.example/x", "2606:2800:220:1::1"))
+    assert url6 == "http://[2606:2800:220:1::1]/x"
+    assert pinned_request(Target("http://127.0.0.1/x")) == ("http://127.0.0.1/x", {}, {})
+
+
+def test_public_ip_literal_is_pinned_to_itself() -> None:
+    from core.webhooks import resolve_webhook_target
+
+    target = resolve_webhook_target("https://93.184.216.34/hook", allow_private=False)
+    assert target.address == "93.184.216.34"
