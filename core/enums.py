@@ -27,6 +27,7 @@ class TaskName(StrEnum):
     synthesize = "jobs.synthesize"
     deliver_webhook = "webhooks.deliver"
     reconcile = "maintenance.reconcile"
+    retention = "maintenance.retention"
 
 
 class Queue(StrEnum):

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     webhook_retry_schedule: tuple[float, ...] = STANDARD_WEBHOOK_SCHEDULE
     webhook_jitter: float = Field(0.1, ge=0, le=1)
+    # At most one `job.progress` event per job this often (multi-segment jobs only).
+    webhook_progress_seconds: float = Field(5.0, ge=0)
+
+    # Retention: finished jobs and their audio are deleted after this many days (0: keep).
+    retention_days: float = Field(0, ge=0)
 
     log_level: str = "INFO"
 

@@ -213,6 +213,27 @@ def started_event(session: Session, claim: Claim, base_url: str) -> list[str]:
     return _event(session, claim.job_id, WebhookEvent.started, base_url)
 
 
+def progress_event(session: Session, claim: Claim, base_url: str) -> list[str]:
+    return _event(session, claim.job_id, WebhookEvent.progress, base_url)
+
+
+def expired_jobs(session: Session, older_than_days: float, limit: int = 500) -> list[Job]:
+    """Finished jobs past retention, oldest first, locked for deletion."""
+    cutoff = func.now() - timedelta(days=older_than_days)
+    return list(
+        session.scalars(
+            select(Job)
+            .where(
+                Job.status.in_([s.value for s in JobStatus if s.is_terminal()]),
+                Job.finished_at < cutoff,
+            )
+            .order_by(Job.finished_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
 # --- reconciler -----------------------------------------------------------------------------
 
 

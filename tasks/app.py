@@ -36,6 +36,7 @@ def make_celery() -> Celery:
         task_routes={
             TaskName.deliver_webhook.value: {"queue": Queue.webhooks.value},
             TaskName.reconcile.value: {"queue": Queue.maintenance.value},
+            TaskName.retention.value: {"queue": Queue.maintenance.value},
         },
         # Flower and `celery events` see task lifecycle events.
         worker_send_task_events=True,
@@ -46,6 +47,7 @@ def make_celery() -> Celery:
                 "schedule": settings.reconcile_interval_seconds,
                 "options": {"expires": settings.reconcile_interval_seconds * 2},
             },
+            "retention": {"task": TaskName.retention.value, "schedule": 3600.0},
         },
         timezone="UTC",
     )

@@ -13,6 +13,7 @@ import logging
 
 from core.enums import Priority, TaskName, synth_queue
 from core.settings import get_settings
+from core.storage import get_storage
 from db import jobs as q
 from db import webhooks as wq
 from db.session import after_commit, session_scope
@@ -54,3 +55,26 @@ def reconcile() -> dict[str, int]:
     if any(counts.values()):
         log.info("event=maintenance.reconciled %s", " ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
+
+
+@celery_app.task(name=TaskName.retention.value, ignore_result=True)
+def retention() -> int:
+    """Delete finished jobs older than VOICEFARM_RETENTION_DAYS, audio first, then the rows."""
+    settings = get_settings()
+    if not settings.retention_days:
+        return 0
+    storage = get_storage(settings)
+    deleted = 0
+    while True:
+        with session_scope(settings.database_url) as s:
+            batch = q.expired_jobs(s, settings.retention_days)
+            for job in batch:
+                if job.result_key:
+                    storage.delete(job.result_key)
+                s.delete(job)
+            deleted += len(batch)
+        if len(batch) < 500:
+            break
+    if deleted:
+        log.info("event=maintenance.retention deleted=%d", deleted)
+    return deleted

@@ -67,6 +67,7 @@ class LeaseKeeper:
         self.lost = threading.Event()
         self.thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
         self.deadline = time.monotonic() + settings.job_deadline_seconds
+        self.progress_sent_at = time.monotonic()
 
     def __enter__(self) -> LeaseKeeper:
         self.thread.start()
@@ -162,7 +163,7 @@ def _run_claimed(
         s0 = time.perf_counter()
         parts.extend(_synthesize_segment(engine, segment, inp))
         synth_seconds += time.perf_counter() - s0
-        _beat(rt, claim, keeper, done=i + 1, total=None, started=t0)
+        _beat(rt, claim, keeper, done=i + 1, total=len(segments), started=t0)
 
     joined = audio_ops.join(parts)
     if inp.sample_rate and inp.sample_rate != joined.sample_rate:
@@ -244,15 +245,25 @@ def _beat(
     keeper: LeaseKeeper,
     *,
     done: int,
-    total: int | None,
+    total: int,
     started: float,
 ) -> None:
     # The supervisor reads wall-clock times; `started` is this process's perf_counter.
     rt.beat(str(claim.job_id), time.time() - (time.perf_counter() - started))
-    with session_scope(rt.settings.database_url) as s:
+    settings = rt.settings
+    with session_scope(settings.database_url) as s:
         alive = q.heartbeat(
-            s, claim, rt.settings.lease_seconds, segments_done=done, segments_total=total
+            s, claim, settings.lease_seconds, segments_done=done, segments_total=total
         )
+        now = time.monotonic()
+        if (
+            alive
+            and 0 < done < total
+            and (now - keeper.progress_sent_at >= settings.webhook_progress_seconds)
+        ):
+            keeper.progress_sent_at = now
+            deliveries = q.progress_event(s, claim, settings.public_base_url)
+            after_commit(s, lambda: send_webhooks(deliveries))
     if not alive or keeper.lost.is_set():
         raise Stopped()
 

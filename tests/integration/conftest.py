@@ -12,6 +12,11 @@ from tests.fixtures.processes import Proc, start_worker
 def worker(database: str, redis_client: object, log_dir: Path) -> Iterator[Proc]:
     """One real Celery worker process (solo pool) serving Piper and the fixture engines, plus
     the webhooks and maintenance queues, shared by the integration tests."""
-    proc = start_worker(log_dir, "piper,tone,slow,fail,oomlong", name="shared")
+    proc = start_worker(
+        log_dir,
+        "piper,tone,slow,fail,oomlong",
+        name="shared",
+        env={"VOICEFARM_WEBHOOK_PROGRESS_SECONDS": "0"},
+    )
     yield proc
     proc.stop()

@@ -218,3 +218,54 @@ def test_pinned_request_reaches_the_checked_address_under_the_original_host(
     with httpx.Client() as c:
         assert c.post(url, content=b"{}", headers=headers, extensions=ext).status_code == 200
     assert receiver.requests[0].headers["host"] == f"hooks.invalid:{port}"
+
+
+def test_progress_events_for_multi_segment_jobs(
+    client: TestClient, worker: Proc, receiver: Receiver
+) -> None:
+    text = " ".join(
+        f"Sentence number {i} carries a little more text than before." for i in range(20)
+    )
+    job = client.post(
+        "/v1/jobs", json={"text": text, "engine": "tone", "webhook_url": receiver.url}
+    ).json()
+    receiver.wait_for(lambda r: r.json["type"] == "job.succeeded", timeout=60)
+    total = client.get(f"/v1/jobs/{job['id']}").json()["progress"]["segments_total"]
+    assert total >= 3
+    progress = receiver.wait_for(lambda r: r.json["type"] == "job.progress")
+    done = sorted(r.json["data"]["progress"]["segments_done"] for r in progress)
+    assert done == list(range(1, total))  # one per boundary (throttle 0 here), none at the end
+
+
+def test_retention_deletes_old_finished_jobs_and_their_audio(
+    client: TestClient, db: str, tmp_root: Path, monkeypatch: Any, worker: Proc
+) -> None:
+    import os
+
+    from sqlalchemy import text
+
+    from db.session import get_engine
+    from tasks.maintenance import retention
+
+    old = client.post("/v1/jobs", json={"text": "old news", "engine": "tone"}).json()
+    new = client.post("/v1/jobs", json={"text": "fresh", "engine": "tone"}).json()
+    for j in (old, new):
+        assert wait_job(client, j["id"])["status"] == "succeeded"
+    with get_engine(db).begin() as c:
+        c.execute(
+            text("UPDATE jobs SET finished_at = now() - interval '40 days' WHERE id = :i"),
+            {"i": old["id"]},
+        )
+    audio = tmp_root / "storage" / "jobs" / old["id"] / "1.wav"
+    assert audio.exists()
+    assert retention() == 0  # retention is off by default
+    monkeypatch.setitem(os.environ, "VOICEFARM_RETENTION_DAYS", "30")
+    get_settings.cache_clear()
+    try:
+        assert retention() == 1
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert not audio.exists()
+    assert client.get(f"/v1/jobs/{old['id']}").status_code == 404
+    assert client.get(f"/v1/jobs/{new['id']}").json()["status"] == "succeeded"
