@@ -15,7 +15,7 @@ import pytest
 from core.settings import get_settings
 from core.webhooks import verify
 from tests.fixtures.audio_checks import assert_speech
-from tests.fixtures.processes import ROOT, Proc, free_port, spawn, start_api
+from tests.fixtures.processes import ROOT, Proc, free_port, spawn, start_api, wait_until
 from tests.fixtures.receiver import Receiver
 from workers.supervisor import celery_argv
 
@@ -126,3 +126,71 @@ def test_farm_command_explains_unreachable_services(tmp_path: Path) -> None:
     )
     assert no_pg.returncode == 1 and "PostgreSQL at 127.0.0.1:1 did not answer" in no_pg.stderr
     assert "Traceback" not in no_pg.stderr
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process below `root`, from /proc (children moved to their own groups too)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_farm_runs_everything_and_ctrl_c_stops_every_process(db: str, log_dir: Path) -> None:
+    """What `make run` starts: API, worker supervisor (Piper + ops), beat and Flower."""
+    import signal
+
+    api_port, flower_port = free_port(), free_port()
+    env = {
+        "VOICEFARM_API_PORT": str(api_port),
+        "VOICEFARM_FLOWER_PORT": str(flower_port),
+        "VOICEFARM_PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
+        "VOICEFARM_WORKER_STATE_DIR": str(log_dir / "farm"),
+    }
+    farm = spawn("farm", [sys.executable, "-m", "cli.main", "farm"], log_dir, env)
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+
+        def up() -> bool:
+            assert farm.alive(), farm.tail()
+            try:
+                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=90, what="the farm's API")
+        job = httpx.post(f"{base}/v1/jobs", json={"text": "The whole farm is up."}).json()
+        wait_until(
+            lambda: httpx.get(f"{base}/v1/jobs/{job['id']}").json()["status"] == "succeeded",
+            timeout=90,
+            what="the job",
+        )
+        flower = f"http://127.0.0.1:{flower_port}/api/workers"
+        wait_until(
+            lambda: httpx.get(flower, auth=("admin", "voicefarm"), timeout=2).status_code == 200,
+            timeout=60,
+            what="Flower",
+        )
+        assert httpx.get(flower, timeout=2).status_code == 401  # basic auth on
+        children = _descendants(farm.popen.pid)
+        assert len(children) >= 5, children  # api, supervisor, cpu0, ops, beat, flower
+    finally:
+        farm.popen.send_signal(signal.SIGINT)  # Ctrl-C
+        assert farm.popen.wait(timeout=60) == 0, farm.tail()
+    wait_until(
+        lambda: (
+            not (children & _descendants(1) - {farm.popen.pid})
+            or not any(Path(f"/proc/{p}").exists() for p in children)
+        ),
+        timeout=30,
+        what="every child to exit",
+    )
