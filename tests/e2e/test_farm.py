@@ -186,11 +186,12 @@ def test_farm_runs_everything_and_ctrl_c_stops_every_process(db: str, log_dir: P
     finally:
         farm.popen.send_signal(signal.SIGINT)  # Ctrl-C
         assert farm.popen.wait(timeout=60) == 0, farm.tail()
-    wait_until(
-        lambda: (
-            not (children & _descendants(1) - {farm.popen.pid})
-            or not any(Path(f"/proc/{p}").exists() for p in children)
-        ),
-        timeout=30,
-        what="every child to exit",
-    )
+    wait_until(lambda: not any(_alive(p) for p in children), timeout=30, what="every child to exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
