@@ -167,3 +167,76 @@ def test_supervisor_kills_a_hung_worker_and_keeps_an_idle_one(client: Any, log_d
         assert done["status"] == "failed" and done["error"]["code"] == "max_attempts_exceeded"
     finally:
         assert sup.stop() == 0
+
+
+def test_worker_keeps_consuming_after_redis_restarts_empty(db: str, log_dir: Path) -> None:
+    """A private redis-server is killed and restarted with nothing in it: the idle worker must
+    reconnect and consume again, and the reconciler re-publishes what the restart lost."""
+    import os
+    import shutil
+    import subprocess as sp
+
+    from tests.fixtures.processes import Proc, start_api
+
+    port, api_port = free_port(), free_port()
+    argv = [
+        shutil.which("redis-server") or "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    env = {"VOICEFARM_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    base = f"http://127.0.0.1:{api_port}"
+
+    def redis_up() -> bool:
+        out = sp.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout
+        return out.strip() == b"PONG"
+
+    def finished(job_id: str) -> bool:
+        return bool(httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] == "succeeded")
+
+    def submit(text: str) -> str:
+        r = httpx.post(f"{base}/v1/jobs", json={"text": text, "engine": "tone"})
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+    redis_proc = sp.Popen(argv, stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+    procs: list[Proc] = []
+    try:
+        wait_until(redis_up, timeout=10, what="private redis")
+        procs.append(start_api(log_dir, api_port, env))
+        worker = start_worker(log_dir, "tone", name="reconnect", extra_queues="", env=env)
+        procs.append(worker)
+        first = submit("before")
+        wait_until(lambda: finished(first), timeout=30, what="the first job")
+
+        redis_proc.kill()
+        redis_proc.wait()
+        lost = submit("during the outage")  # committed; its publish failed
+        redis_proc = sp.Popen(argv, stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+        wait_until(redis_up, timeout=10, what="redis back")
+
+        after = submit("after")
+        wait_until(lambda: finished(after), timeout=60, what="a job after the restart")
+
+        def recovered() -> bool:
+            sp.run(
+                [sys.executable, "-c", "from tasks.maintenance import reconcile; reconcile()"],
+                env={**os.environ, **env},
+                check=True,
+                capture_output=True,
+            )
+            return finished(lost)
+
+        wait_until(recovered, timeout=30, what="the job whose message was lost")
+        assert worker.alive()
+    finally:
+        for p in procs:
+            p.stop()
+        redis_proc.kill()
+        redis_proc.wait()
