@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import health, jobs
+from api.routes import engines, health, jobs
 from api.security import ApiKey, BodyLimit
 from core.logging import configure_logging
 from core.settings import get_settings
@@ -33,6 +33,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[ApiKey])
+    app.include_router(engines.router, dependencies=[ApiKey])
     return app
 
 

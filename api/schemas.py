@@ -101,6 +101,19 @@ class WebhookDeliveryOut(BaseModel):
     history: list[WebhookAttemptOut]
 
 
+class EngineOut(BaseModel):
+    name: str
+    default: bool
+    modes: list[str]
+    markup: list[str]
+    languages: list[str]
+    sample_rate: int
+    default_voice: str | None
+    voices: list[str] | None = Field(description="null: the engine resolves any voice name")
+    formats: list[str]
+    speed_range: tuple[float, float]
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

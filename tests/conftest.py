@@ -4,6 +4,7 @@ database, local-folder storage in a temp dir. Set before any voicefarm module re
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,10 @@ os.environ["VOICEFARM_EXTRA_ENGINES"] = FIXTURE_ENGINES
 
 
 @pytest.fixture(scope="session")
-def tmp_root() -> Path:
-    return _TMP
+def tmp_root() -> Iterator[Path]:
+    yield _TMP
+    if not os.environ.get("VOICEFARM_KEEP_TEST_TMP"):  # keep logs for a post-mortem on demand
+        shutil.rmtree(_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

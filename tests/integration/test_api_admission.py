@@ -259,3 +259,11 @@ def test_reconciler_leaves_a_backlog_alone_and_republishes_lost_messages(
     redis_client.delete("synth.piper")  # the broker loses them
     assert reconcile()["republished"] == 3
     assert _queued_messages(redis_client) == 3
+
+
+def test_engines_lists_piper_with_its_voice_and_markup(client: TestClient) -> None:
+    engines = {e["name"]: e for e in client.get("/v1/engines").json()}
+    piper = engines["piper"]
+    assert piper["default"] is True and piper["default_voice"] == "en_US-joe-medium"
+    assert piper["voices"] == ["en_US-joe-medium"] and piper["markup"] == ["arpabet"]
+    assert piper["sample_rate"] == 22050 and piper["formats"] == ["wav"]
