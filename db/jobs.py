@@ -110,52 +110,55 @@ def heartbeat(
     return res.scalar_one_or_none() is not None
 
 
-def finish_success(
-    session: Session, claim: Claim, result: AudioResult, base_url: str
+def _finish(
+    session: Session, claim: Claim, event: WebhookEvent, base_url: str, **values: Any
 ) -> list[str] | None:
-    """running -> succeeded; None if the fence failed (the caller should delete its upload)."""
+    """Fenced transition to a terminal state plus its webhook event; None if the fence failed."""
     job_id = session.execute(
         update(Job)
         .where(_fenced(claim))
-        .values(
-            status=JobStatus.succeeded.value,
-            finished_at=func.now(),
-            lease_expires_at=None,
-            segments_done=func.coalesce(Job.segments_total, Job.segments_done),
-            error_code=None,
-            error_message=None,
-            result_key=result.key,
-            result_format=result.format,
-            result_sample_rate=result.sample_rate,
-            result_duration_s=result.duration_s,
-            result_bytes=result.bytes,
-            result_sha256=result.sha256,
-        )
+        .values(finished_at=func.now(), lease_expires_at=None, **values)
         .returning(Job.id)
     ).scalar_one_or_none()
     if job_id is None:
         return None
-    return _event(session, job_id, WebhookEvent.succeeded, base_url)
+    return _event(session, job_id, event, base_url)
+
+
+def finish_success(
+    session: Session, claim: Claim, result: AudioResult, base_url: str
+) -> list[str] | None:
+    """running -> succeeded; None if the fence failed (the caller should delete its upload)."""
+    return _finish(
+        session,
+        claim,
+        WebhookEvent.succeeded,
+        base_url,
+        status=JobStatus.succeeded.value,
+        segments_done=func.coalesce(Job.segments_total, Job.segments_done),
+        error_code=None,
+        error_message=None,
+        result_key=result.key,
+        result_format=result.format,
+        result_sample_rate=result.sample_rate,
+        result_duration_s=result.duration_s,
+        result_bytes=result.bytes,
+        result_sha256=result.sha256,
+    )
 
 
 def finish_failure(
     session: Session, claim: Claim, code: str, message: str, base_url: str
 ) -> list[str] | None:
-    job_id = session.execute(
-        update(Job)
-        .where(_fenced(claim))
-        .values(
-            status=JobStatus.failed.value,
-            finished_at=func.now(),
-            lease_expires_at=None,
-            error_code=code,
-            error_message=message[:2000],
-        )
-        .returning(Job.id)
-    ).scalar_one_or_none()
-    if job_id is None:
-        return None
-    return _event(session, job_id, WebhookEvent.failed, base_url)
+    return _finish(
+        session,
+        claim,
+        WebhookEvent.failed,
+        base_url,
+        status=JobStatus.failed.value,
+        error_code=code,
+        error_message=message[:2000],
+    )
 
 
 def release(
