@@ -13,6 +13,7 @@ from core.errors import (
     UnknownEngine,
     UnknownVoice,
     UnsupportedFormat,
+    UnsupportedMode,
     ValidationFailed,
 )
 from core.settings import Settings
@@ -52,6 +53,19 @@ def admit(body: JobCreate, settings: Settings) -> Job:
             f"choose one of {sorted(spec.voices)}",
             field="voice",
         )
+    instruction = body.instruction.strip() if body.instruction else None
+    if instruction:
+        if "instruct" not in spec.modes:
+            raise UnsupportedMode(
+                f"engine {engine_name!r} does not take style instructions; engines with the "
+                f"instruct mode: {sorted(n for n, s in engines.items() if 'instruct' in s.modes)}",
+                field="instruction",
+            )
+        if len(instruction) > settings.max_instruction_chars or "\x00" in instruction:
+            raise ValidationFailed(
+                f"instruction must be at most {settings.max_instruction_chars} characters of text",
+                field="instruction",
+            )
     if body.format not in spec.formats:
         raise UnsupportedFormat(
             f"format {body.format!r} is not supported; choose one of {list(spec.formats)}",
@@ -84,6 +98,7 @@ def admit(body: JobCreate, settings: Settings) -> Job:
     return Job(
         engine=engine_name,
         voice=voice,
+        instruction=instruction or None,
         text=text,
         format=body.format,
         sample_rate=body.sample_rate,

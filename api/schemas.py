@@ -22,6 +22,11 @@ class JobCreate(BaseModel):
     )
     engine: str | None = Field(None, description="Engine name; default from settings.")
     voice: str | None = Field(None, description="Voice name; default is the engine's default.")
+    instruction: str | None = Field(
+        None,
+        description="Natural-language style instruction, e.g. `用兴奋的语气说这句话` or "
+        "`用四川话说这句话` (engines with the `instruct` mode).",
+    )
     format: str = Field("wav", description="Audio container.")
     sample_rate: int | None = Field(None, description="Resample the result to this rate (Hz).")
     speed: float = Field(1.0, description="Speaking rate multiplier.")
@@ -62,6 +67,7 @@ class JobOut(BaseModel):
     status: JobStatus
     engine: str
     voice: str | None
+    instruction: str | None
     format: str
     priority: str
     metadata: dict[str, Any]

@@ -31,6 +31,9 @@ class EngineSpec:
 
 PIPER_BUNDLED_VOICE = "en_US-joe-medium"
 
+# CosyVoice 3 speaks these through its instruct mode ("用四川话说这句话").
+COSYVOICE_LANGUAGES = frozenset({"zh", "en", "ja", "ko", "yue", "de", "es", "fr", "it", "ru"})
+
 BUILTIN: dict[str, EngineSpec] = {
     "piper": EngineSpec(
         name="piper",
@@ -40,6 +43,15 @@ BUILTIN: dict[str, EngineSpec] = {
         sample_rate=22050,
         default_voice=PIPER_BUNDLED_VOICE,
         voices=frozenset({PIPER_BUNDLED_VOICE}),
+    ),
+    "cosyvoice": EngineSpec(
+        name="cosyvoice",
+        modes=frozenset({"preset", "instruct"}),
+        markup=frozenset({MarkupKind.pinyin, MarkupKind.arpabet}),
+        languages=COSYVOICE_LANGUAGES,
+        sample_rate=24000,
+        default_voice=None,
+        voices=None,  # the model's own speakers; the worker checks the name
     ),
 }
 
@@ -56,13 +68,16 @@ def parse_extra_engines(raw: str) -> dict[str, str]:
 
 
 def catalog(settings: Settings) -> dict[str, EngineSpec]:
-    specs = dict(BUILTIN)
+    """The engines admission accepts: the enabled built-ins plus any extra ones."""
+    enabled = {n.strip() for n in settings.engines.split(",") if n.strip()}
+    enabled.add(settings.default_engine)
+    specs = {name: spec for name, spec in BUILTIN.items() if name in enabled}
     for name in parse_extra_engines(settings.extra_engines):
         specs.setdefault(
             name,
             EngineSpec(
                 name=name,
-                modes=frozenset({"preset"}),
+                modes=frozenset({"preset", "instruct"}),
                 markup=frozenset(MarkupKind),
                 languages=frozenset(),
                 sample_rate=16000,

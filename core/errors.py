@@ -53,6 +53,11 @@ class UnknownVoice(VoicefarmError):
     code = "unknown_voice"
 
 
+class UnsupportedMode(VoicefarmError):
+    status_code = 422
+    code = "unsupported_mode"
+
+
 class UnsupportedFormat(VoicefarmError):
     status_code = 422
     code = "unsupported_format"

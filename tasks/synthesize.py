@@ -37,6 +37,7 @@ MAX_OOM_SPLITS = 2
 class JobInput:
     engine: str
     voice: str | None
+    instruction: str | None
     text: str
     format: str
     sample_rate: int | None
@@ -109,7 +110,9 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
             log.info("event=jobs.claim.skipped job=%s reason=not_queued", job_id)
             return
         job = q.get_job(s, job_id)
-        inp = JobInput(job.engine, job.voice, job.text, job.format, job.sample_rate, job.speed)
+        inp = JobInput(
+            job.engine, job.voice, job.instruction, job.text, job.format, job.sample_rate, job.speed
+        )
         deliveries = q.started_event(s, claim, base)
         after_commit(s, lambda: send_webhooks(deliveries))
     log.info("event=jobs.claimed job=%s attempt=%d worker=%s", job_id, claim.attempt, rt.worker_id)
@@ -218,7 +221,10 @@ def _synthesize_segment(engine: Engine, text: str, inp: JobInput) -> list[Audio]
         try:
             out: list[Audio] = []
             for piece in pieces:
-                out.extend(engine.synthesize([SegmentRequest(piece, inp.voice, inp.speed)]))
+                options = {"instruction": inp.instruction} if inp.instruction else None
+                out.extend(
+                    engine.synthesize([SegmentRequest(piece, inp.voice, inp.speed, options)])
+                )
             return out
         except Exception as exc:
             if not devices.is_oom(exc):

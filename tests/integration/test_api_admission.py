@@ -60,6 +60,7 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"text": "hi", "webhook_url": "not-a-url"}, 422, "webhook_url_invalid"),
     ({"text": "hi", "webhook_url": "ftp://example.com/x"}, 422, "webhook_url_invalid"),
     ({"text": "hi", "speed": 9}, 422, "validation_failed"),
+    ({"text": "hi", "instruction": "say it loudly"}, 422, "unsupported_mode"),
     ({"text": "hi", "sample_rate": 12345}, 422, "validation_failed"),
     ({"text": "hi", "priority": "urgent"}, 422, "validation_failed"),
     ({"text": "hi", "surprise": 1}, 422, "validation_failed"),

@@ -269,3 +269,49 @@ def test_retention_deletes_old_finished_jobs_and_their_audio(
     assert not audio.exists()
     assert client.get(f"/v1/jobs/{old['id']}").status_code == 404
     assert client.get(f"/v1/jobs/{new['id']}").json()["status"] == "succeeded"
+
+
+def test_cosyvoice_job_with_pinyin_and_an_instruction(
+    client: TestClient, db: str, log_dir: Path, tmp_path: Path
+) -> None:
+    """A worker process runs the CosyVoice engine over a stand-in of the official module (its
+    weights cannot run here); the job carries pinyin markup and a dialect instruction."""
+    import json
+
+    from core.settings import Settings
+    from tests.fixtures.processes import ROOT, start_worker
+
+    stub_log = tmp_path / "calls.jsonl"
+    proc = start_worker(
+        log_dir,
+        "cosyvoice",
+        name="cosy",
+        extra_queues="",
+        env={
+            "PYTHONPATH": str(ROOT / "tests" / "fixtures" / "cosyvoice_stub"),
+            "VOICEFARM_COSYVOICE_MODEL_DIR": str(tmp_path),
+            "COSYVOICE_STUB_LOG": str(stub_log),
+        },
+    )
+    try:
+        enabled = Settings(engines="piper,cosyvoice")
+        client.app.dependency_overrides[get_settings] = lambda: enabled  # type: ignore[attr-defined]
+        r = client.post(
+            "/v1/jobs",
+            json={
+                "text": "她[h][ào]干净。",
+                "engine": "cosyvoice",
+                "voice": "中文女",
+                "instruction": "用四川话说这句话",
+            },
+        )
+        assert r.status_code == 202, r.text
+        assert r.json()["instruction"] == "用四川话说这句话"
+        done = wait_job(client, r.json()["id"])
+        assert done["status"] == "succeeded", proc.tail()
+        assert done["result"]["sample_rate"] == 24000
+        (call,) = [json.loads(line) for line in stub_log.read_text().splitlines()]
+        assert call["call"] == "instruct2" and call["text"] == "她[h][ào]干净。"
+        assert call["instruct_text"] == "用四川话说这句话" and call["zero_shot_spk_id"] == "中文女"
+    finally:
+        proc.stop()
