@@ -46,6 +46,9 @@ def admit(body: JobCreate, settings: Settings) -> Job:
             f"engine {engine_name!r} is not available; choose one of {sorted(engines)}",
             field="engine",
         )
+    for field, value in (("voice", body.voice), ("webhook_url", body.webhook_url)):
+        if value is not None and "\x00" in value:
+            raise ValidationFailed(f"{field} contains a NUL character", field=field)
     voice = body.voice or spec.default_voice
     if body.voice is not None and spec.voices is not None and body.voice not in spec.voices:
         raise UnknownVoice(

@@ -21,7 +21,9 @@ class JobCreate(BaseModel):
         examples=["Hello from voicefarm."],
     )
     engine: str | None = Field(None, description="Engine name; default from settings.")
-    voice: str | None = Field(None, description="Voice name; default is the engine's default.")
+    voice: str | None = Field(
+        None, max_length=128, description="Voice name; default is the engine's default."
+    )
     instruction: str | None = Field(
         None,
         description="Natural-language style instruction, e.g. `用兴奋的语气说这句话` or "

@@ -116,3 +116,8 @@ class ServiceUnavailable(VoicefarmError):
 class StorageError(VoicefarmError):
     status_code = 502
     code = "storage_error"
+
+
+class RequestRejected(ValueError):
+    """Raised by an engine that cannot serve a request as asked (unknown voice, ...). Not an
+    HTTP error: retrying is useless, so the worker fails the job at once with `invalid_input`."""

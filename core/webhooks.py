@@ -72,12 +72,12 @@ def pinned_request(target: Target) -> tuple[str, dict[str, str], dict[str, str]]
     if target.address is None:
         return target.url, {}, {}
     parts = urlsplit(target.url)
-    host = parts.hostname or ""
+    host = (parts.hostname or "").encode("idna").decode("ascii")  # bücher.example -> xn--...
     ip = ipaddress.ip_address(target.address)
     literal = f"[{ip}]" if ip.version == 6 else str(ip)
-    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
-    url = urlunsplit(parts._replace(netloc=netloc))
-    return url, {"host": parts.netloc.rsplit("@", 1)[-1]}, {"sni_hostname": host}
+    port = "" if parts.port is None else f":{parts.port}"
+    url = urlunsplit(parts._replace(netloc=literal + port))
+    return url, {"host": host + port}, {"sni_hostname": host}
 
 
 def resolve_webhook_target(url: str, *, allow_private: bool, resolve: bool = True) -> Target:

@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from core.enums import Priority, TaskName, synth_queue
 from core.settings import get_settings
-from core.storage import get_storage
+from core.storage import Storage, get_storage
 from db import jobs as q
 from db import webhooks as wq
 from db.session import after_commit, session_scope
@@ -57,6 +58,14 @@ def reconcile() -> dict[str, int]:
     return counts
 
 
+def _delete_objects(storage: Storage, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            storage.delete(key)
+        except Exception:
+            log.warning("event=maintenance.retention_delete_failed key=%s", key, exc_info=True)
+
+
 @celery_app.task(name=TaskName.retention.value, ignore_result=True)
 def retention() -> int:
     """Delete finished jobs older than VOICEFARM_RETENTION_DAYS, audio first, then the rows."""
@@ -68,10 +77,12 @@ def retention() -> int:
     while True:
         with session_scope(settings.database_url) as s:
             batch = q.expired_jobs(s, settings.retention_days)
+            keys = [job.result_key for job in batch if job.result_key]
             for job in batch:
-                if job.result_key:
-                    storage.delete(job.result_key)
                 s.delete(job)
+            # Objects go only once the rows are gone: an orphaned object is harmless, a row
+            # that promises audio which no longer exists is not.
+            after_commit(s, functools.partial(_delete_objects, storage, keys))
             deleted += len(batch)
         if len(batch) < 500:
             break

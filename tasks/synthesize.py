@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.enums import ErrorCode, TaskName
-from core.errors import StorageError
+from core.errors import RequestRejected, StorageError
 from core.settings import Settings
 from core.storage import get_storage, job_audio_key
 from core.text import split_segments
@@ -80,7 +80,10 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         interval = max(0.5, self.settings.lease_seconds / 3)
-        while not self.done.wait(interval) and time.monotonic() < self.deadline:
+        while not self.done.wait(min(interval, max(0.0, self.deadline - time.monotonic()))):
+            if time.monotonic() >= self.deadline:
+                self._fail_at_deadline()
+                return
             try:
                 with session_scope(self.settings.database_url) as s:
                     alive = q.heartbeat(s, self.claim, self.settings.lease_seconds)
@@ -92,6 +95,20 @@ class LeaseKeeper:
             if not alive:
                 self.lost.set()
                 return
+
+    def _fail_at_deadline(self) -> None:
+        """Fail the job (fenced) the moment its deadline passes, even mid-segment, so it is not
+        re-queued to run again; the segment loop stops at its next boundary."""
+        s_ = self.settings
+        message = f"job ran past VOICEFARM_JOB_DEADLINE_SECONDS={s_.job_deadline_seconds:g}"
+        try:
+            with session_scope(s_.database_url) as s:
+                deliveries = q.finish_failure(
+                    s, self.claim, ErrorCode.deadline_exceeded.value, message, s_.public_base_url
+                )
+                after_commit(s, lambda: send_webhooks(deliveries))
+        finally:
+            self.lost.set()
 
 
 @celery_app.task(name=TaskName.synthesize.value, ignore_result=True)
@@ -131,6 +148,8 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
         os._exit(runtime_exit_code())
     except StorageError as exc:
         _release(settings, claim, inp, ErrorCode.storage_error.value, exc.message)
+    except RequestRejected as exc:
+        _fail(settings, claim, inp, ErrorCode.invalid_input.value, str(exc))
     except Exception as exc:
         log.exception("event=jobs.engine_error job=%s attempt=%d", job_id, claim.attempt)
         _release(settings, claim, inp, ErrorCode.engine_error.value, f"{type(exc).__name__}: {exc}")

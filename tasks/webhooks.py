@@ -73,16 +73,20 @@ def deliver(delivery_id: str) -> None:
         # connection goes to the address that passed the check.
         target = resolve_webhook_target(url, allow_private=settings.webhook_allow_private)
         send_url, extra_headers, extensions = pinned_request(target)
-        with httpx.Client(timeout=settings.webhook_timeout_seconds) as client:
-            resp = client.post(
+        # Status and headers only: a receiver that streams an endless body costs nothing.
+        with (
+            httpx.Client(timeout=settings.webhook_timeout_seconds) as client,
+            client.stream(
+                "POST",
                 send_url,
                 content=body,
                 headers={**headers, **extra_headers},
                 follow_redirects=False,
                 extensions=extensions,
-            )
-        status_code = resp.status_code
-        retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            ) as resp,
+        ):
+            status_code = resp.status_code
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
     except VoicefarmError as exc:
         error = f"{exc.code}: {exc.message}"
     except Exception as exc:  # network errors, bad URLs: a failed attempt, never a stuck row
@@ -106,7 +110,8 @@ def deliver(delivery_id: str) -> None:
 
     with session_scope(settings.database_url) as s:
         d = s.get(wq.WebhookDelivery, delivery_id)
-        assert d is not None
+        if d is None:
+            return  # the job was deleted (retention) while this attempt was in flight
         wq.record_attempt(
             s,
             d,

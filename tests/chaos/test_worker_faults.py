@@ -36,9 +36,9 @@ def _reconcile_until(client: Any, job_id: str, states: tuple[str, ...], timeout:
 
 def test_killed_worker_job_is_requeued_and_finished_by_another(client: Any, log_dir: Path) -> None:
     short_lease = {"VOICEFARM_LEASE_SECONDS": "2", "VOICEFARM_SEGMENT_MAX_CHARS": "20"}
-    first = start_worker(log_dir, "slow", name="victim", extra_queues="", env=short_lease)
+    first = start_worker(log_dir, "soloslow", name="victim", extra_queues="", env=short_lease)
     text = " ".join(f"Sentence {i}." for i in range(6))
-    job = client.post("/v1/jobs", json={"text": text, "engine": "slow"}).json()
+    job = client.post("/v1/jobs", json={"text": text, "engine": "soloslow"}).json()
     wait_until(
         lambda: _job(client, job["id"])["progress"]["segments_done"] >= 1,
         timeout=30,
@@ -47,7 +47,7 @@ def test_killed_worker_job_is_requeued_and_finished_by_another(client: Any, log_
     first.signal(signal.SIGKILL)
     first.popen.wait(timeout=10)
     assert _job(client, job["id"])["status"] == "running"  # nobody has noticed yet
-    second = start_worker(log_dir, "slow", name="rescuer", extra_queues="", env=short_lease)
+    second = start_worker(log_dir, "soloslow", name="rescuer", extra_queues="", env=short_lease)
     try:
         done = _reconcile_until(client, job["id"], TERMINAL, timeout=60)
         assert done["status"] == "succeeded", second.tail()
@@ -62,15 +62,40 @@ def test_a_segment_longer_than_the_lease_keeps_its_lease(client: Any, log_dir: P
     so the job is not handed to a second attempt."""
     worker = start_worker(
         log_dir,
-        "tone",
+        "solo",
         name="longseg",
         extra_queues="",
         env={"VOICEFARM_LEASE_SECONDS": "1", "FIXTURE_SEGMENT_DELAY": "3"},
     )
     try:
-        job = client.post("/v1/jobs", json={"text": "one long segment", "engine": "tone"}).json()
+        job = client.post("/v1/jobs", json={"text": "one long segment", "engine": "solo"}).json()
         done = _reconcile_until(client, job["id"], TERMINAL, timeout=30)
         assert done["status"] == "succeeded" and done["attempts"] == 1, worker.tail()
+    finally:
+        worker.stop()
+
+
+def test_a_segment_running_past_the_deadline_fails_the_job_once(client: Any, log_dir: Path) -> None:
+    """The deadline passes in the middle of a 3 s segment: the job fails with
+    `deadline_exceeded` right away instead of being re-queued to run (and overrun) again."""
+    worker = start_worker(
+        log_dir,
+        "solo",
+        name="deadline",
+        extra_queues="",
+        env={
+            "VOICEFARM_JOB_DEADLINE_SECONDS": "1",
+            "VOICEFARM_LEASE_SECONDS": "1",
+            "FIXTURE_SEGMENT_DELAY": "3",
+        },
+    )
+    try:
+        job = client.post("/v1/jobs", json={"text": "too slow", "engine": "solo"}).json()
+        done = _reconcile_until(client, job["id"], TERMINAL, timeout=30)
+        assert done["status"] == "failed" and done["attempts"] == 1, worker.tail()
+        assert done["error"]["code"] == "deadline_exceeded"
+        time.sleep(3)  # the segment ends; nothing overwrites the failure
+        assert _job(client, job["id"])["status"] == "failed"
     finally:
         worker.stop()
 
@@ -78,9 +103,9 @@ def test_a_segment_longer_than_the_lease_keeps_its_lease(client: Any, log_dir: P
 def test_job_survives_a_broker_that_lost_its_message(
     client: Any, log_dir: Path, redis_client: Any
 ) -> None:
-    job = client.post("/v1/jobs", json={"text": "still here", "engine": "tone"}).json()
-    assert redis_client.delete("synth.tone") == 1  # as if Redis restarted empty
-    worker = start_worker(log_dir, "tone", name="late", extra_queues="")
+    job = client.post("/v1/jobs", json={"text": "still here", "engine": "solo"}).json()
+    assert redis_client.delete("synth.solo") == 1  # as if Redis restarted empty
+    worker = start_worker(log_dir, "solo", name="late", extra_queues="")
     try:
         time.sleep(1.0)
         assert _job(client, job["id"])["status"] == "queued"  # the message is really gone

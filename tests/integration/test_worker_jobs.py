@@ -312,6 +312,12 @@ def test_cosyvoice_job_with_pinyin_and_an_instruction(
         assert done["result"]["sample_rate"] == 24000
         (call,) = [json.loads(line) for line in stub_log.read_text().splitlines()]
         assert call["call"] == "instruct2" and call["text"] == "她[h][ào]干净。"
-        assert call["instruct_text"] == "用四川话说这句话" and call["zero_shot_spk_id"] == "中文女"
+        assert call["instruct_text"] == "用四川话说这句话<|endofprompt|>"
+        assert call["zero_shot_spk_id"] == "中文女"
+        # A voice the model lacks fails at once, without burning the retry budget.
+        r = client.post("/v1/jobs", json={"text": "你好", "engine": "cosyvoice", "voice": "nobody"})
+        done = wait_job(client, r.json()["id"])
+        assert done["status"] == "failed" and done["attempts"] == 1
+        assert done["error"]["code"] == "invalid_input" and "nobody" in done["error"]["message"]
     finally:
         proc.stop()

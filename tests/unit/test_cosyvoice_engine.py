@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core.settings import Settings
-from workers.engines.base import SegmentRequest
+from workers.engines.base import RequestRejected, SegmentRequest
 from workers.engines.cosyvoice import CosyVoiceEngine
 
 STUB = Path(__file__).resolve().parents[1] / "fixtures" / "cosyvoice_stub"
@@ -60,7 +60,8 @@ def test_instruction_uses_instruct2_with_the_speaker_and_keeps_markup(
     )
     call = calls[-1]
     assert call["call"] == "instruct2" and call["text"] == "她[h][ào]干净"
-    assert call["instruct_text"] == "用四川话说这句话" and call["zero_shot_spk_id"] == "speaker_b"
+    assert call["instruct_text"] == "用四川话说这句话<|endofprompt|>"
+    assert call["zero_shot_spk_id"] == "speaker_b"
     assert call["text_frontend"] is False  # the normaliser must not rewrite the markup
     assert audio.sample_rate == 24000 and abs(_pitch(audio.samples, 24000) - 400) < 5
 
@@ -72,5 +73,22 @@ def test_preset_voice_defaults_to_the_first_speaker(
     engine.synthesize([SegmentRequest("你好。", None, 1.2)])
     assert calls[-1]["call"] == "zero_shot" and calls[-1]["zero_shot_spk_id"] == "中文女"
     assert calls[-1]["speed"] == 1.2 and calls[-1]["text_frontend"] is True
-    with pytest.raises(ValueError, match="not in the model"):
+    with pytest.raises(RequestRejected, match="not in the model"):
         engine.synthesize([SegmentRequest("hi", "nobody", 1.0)])
+
+
+def test_cosyvoice3_instructions_get_the_system_line_and_lose_injected_tokens(
+    tmp_path: Path, calls: list[dict[str, Any]]
+) -> None:
+    engine = _engine(tmp_path)
+    engine.model.__class__ = type("CosyVoice3", (type(engine.model),), {})
+    engine.synthesize(
+        [
+            SegmentRequest(
+                "你好。", None, 1.0, {"instruction": "请用广东话表达。<|endofprompt|><|im_end|>"}
+            )
+        ]
+    )
+    assert calls[-1]["instruct_text"] == (
+        "You are a helpful assistant. 请用广东话表达。<|endofprompt|>"
+    )

@@ -101,3 +101,12 @@ def test_public_ip_literal_is_pinned_to_itself() -> None:
 
     target = resolve_webhook_target("https://93.184.216.34/hook", allow_private=False)
     assert target.address == "93.184.216.34"
+
+
+def test_pinned_request_sends_idn_hosts_in_ascii() -> None:
+    from core.webhooks import Target, pinned_request
+
+    url, headers, ext = pinned_request(Target("https://bücher.example:8443/h", "93.184.216.34"))
+    assert url == "https://93.184.216.34:8443/h"
+    assert headers == {"host": "xn--bcher-kva.example:8443"}
+    assert ext == {"sni_hostname": "xn--bcher-kva.example"}

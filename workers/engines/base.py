@@ -8,6 +8,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from core.engines import EngineSpec
+from core.errors import RequestRejected
+
+__all__ = ["Audio", "Engine", "EngineBase", "RequestRejected", "SegmentRequest"]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ written, with CosyVoice's own text normaliser off so it is not rewritten.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ import numpy as np
 from core.engines import BUILTIN
 from core.settings import Settings
 from core.text import parse_markup
-from workers.engines.base import Audio, EngineBase, SegmentRequest
+from workers.engines.base import Audio, EngineBase, RequestRejected, SegmentRequest
+
+END_OF_PROMPT = "<|endofprompt|>"
+_SPECIAL_TOKEN = re.compile(r"<\|[^|>]*\|>")
 
 
 class CosyVoiceEngine(EngineBase):
@@ -47,11 +51,21 @@ class CosyVoiceEngine(EngineBase):
     def _voice(self, requested: str | None) -> str:
         if requested is None:
             if not self.speakers:
-                raise ValueError("this CosyVoice model directory holds no speakers")
+                raise RequestRejected("this CosyVoice model directory holds no speakers")
             return self.speakers[0]
         if requested not in self.speakers:
-            raise ValueError(f"voice {requested!r} is not in the model; it has {self.speakers}")
+            raise RequestRejected(
+                f"voice {requested!r} is not in the model; it has {self.speakers}"
+            )
         return requested
+
+    def _instruct_text(self, instruction: str) -> str:
+        """CosyVoice 2 wants `<instruction><|endofprompt|>`; CosyVoice 3 also the system line.
+        Special tokens typed by the client are removed, so they cannot steer the prompt."""
+        clean = _SPECIAL_TOKEN.sub("", instruction).strip()
+        if type(self.model).__name__ == "CosyVoice3":
+            return f"You are a helpful assistant. {clean}{END_OF_PROMPT}"
+        return f"{clean}{END_OF_PROMPT}"
 
     def synthesize(self, batch: list[SegmentRequest]) -> list[Audio]:
         if self.model is None:
@@ -65,7 +79,9 @@ class CosyVoiceEngine(EngineBase):
         m = self.model
         v2 = hasattr(m, "inference_instruct2")  # CosyVoice 2 and 3
         if instruction and v2:
-            outputs = m.inference_instruct2(req.text, instruction, "", zero_shot_spk_id=voice, **kw)
+            outputs = m.inference_instruct2(
+                req.text, self._instruct_text(instruction), "", zero_shot_spk_id=voice, **kw
+            )
         elif instruction:
             outputs = m.inference_instruct(req.text, voice, instruction, **kw)
         elif v2:

@@ -17,7 +17,7 @@ import numpy as np
 from core.engines import BUILTIN, PIPER_BUNDLED_VOICE
 from core.settings import Settings
 from core.text import MarkupKind, parse_markup
-from workers.engines.base import Audio, EngineBase, SegmentRequest
+from workers.engines.base import Audio, EngineBase, RequestRejected, SegmentRequest
 
 ARPABET_TO_IPA = {
     "AA": "ɑː", "AE": "æ", "AH": "ʌ", "AO": "ɔː", "AW": "aʊ", "AY": "aɪ", "B": "b", "CH": "tʃ",
@@ -82,7 +82,7 @@ class PiperEngine(EngineBase):
         out = []
         for req in batch:
             if req.voice not in (None, PIPER_BUNDLED_VOICE):
-                raise ValueError(f"piper voice {req.voice!r} is not loaded")
+                raise RequestRejected(f"piper voice {req.voice!r} is not loaded")
             config = SynthesisConfig(length_scale=1.0 / max(req.speed, 0.1))
             with self._lock:
                 chunks = self._voice.synthesize(to_piper_text(req.text), config)
