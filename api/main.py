@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import engines, health, jobs
+from api.routes import compat, engines, health, jobs
 from api.security import ApiKey, BodyLimit
 from core.logging import configure_logging
 from core.settings import get_settings
@@ -34,6 +34,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[ApiKey])
     app.include_router(engines.router, dependencies=[ApiKey])
+    app.include_router(compat.router, dependencies=[ApiKey])
     return app
 
 

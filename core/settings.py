@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Built-in engines this farm takes jobs for (a worker must serve each): "piper,cosyvoice".
     engines: str = "piper"
     max_instruction_chars: int = Field(500, ge=1)
+    # POST /api/predict (the Gradio-style call of the CosyVoice WebUI) waits this long.
+    predict_timeout_seconds: float = Field(120.0, gt=0)
     # Extra engines as "name=module:Class,..."; beside the `voicefarm.engines` entry points.
     extra_engines: str = ""
 

@@ -8,13 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
-from sqlalchemy.exc import IntegrityError
 
-from api.admission import admit, request_hash
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import responses
-from api.metrics import JOBS_SUBMITTED
 from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDeliveryOut
+from api.submit import submit
 from core.enums import JobStatus
 from core.errors import (
     AudioNotReady,
@@ -38,9 +36,9 @@ from core.errors import (
 from db import jobs as q
 from db import webhooks as wq
 from db.models import Job
-from db.session import after_commit, commit, rollback
+from db.session import after_commit, commit
 from db.views import job_view
-from tasks.send import send_synthesize, send_webhooks
+from tasks.send import send_webhooks
 
 log = logging.getLogger("voicefarm.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(Unauthorized))
@@ -77,39 +75,12 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobOut:
     """Submit a synthesis job; answers at once with the queued job."""
-    digest = request_hash(body)
-    if idempotency_key:
-        existing = q.find_by_idempotency_key(session, idempotency_key)
-        if existing is not None:
-            return _replay(existing, digest, settings.public_base_url, response)
-    job = admit(body, settings)
-    job.idempotency_key = idempotency_key
-    job.request_hash = digest
-    try:
-        deliveries = q.create_job(session, job, settings.public_base_url)
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the insert.
-        rollback(session)
-        existing = q.find_by_idempotency_key(session, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(existing, digest, settings.public_base_url, response)
-    after_commit(session, lambda: send_synthesize(job.id, job.engine, job.priority))
-    after_commit(session, lambda: send_webhooks(deliveries))
+    job, replayed = submit(session, settings, body, idempotency_key)
     out = _out(job, settings.public_base_url)
-    commit(session)
-    JOBS_SUBMITTED.labels(job.engine).inc()
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = out.links.self
     return out
-
-
-def _replay(existing: Job, digest: str, base_url: str, response: Response) -> JobOut:
-    if existing.request_hash != digest:
-        raise IdempotencyConflict(
-            "this Idempotency-Key was already used with a different request body"
-        )
-    response.headers["Idempotent-Replayed"] = "true"
-    return _out(existing, base_url)
 
 
 @router.get("", response_model=JobList, responses=responses(InvalidCursor))

@@ -321,3 +321,52 @@ def test_cosyvoice_job_with_pinyin_and_an_instruction(
         assert done["error"]["code"] == "invalid_input" and "nobody" in done["error"]["message"]
     finally:
         proc.stop()
+
+
+def test_gradio_style_predict_waits_and_returns_the_audio_url(
+    client: TestClient, worker: Proc
+) -> None:
+    """The call the seed document shows, against the real Piper engine."""
+    r = client.post(
+        "/api/predict/",
+        json={"data": ["预训练音色", None, "Hello from Gradio.", None], "fn_index": 0},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["data"][0].endswith(f"/v1/jobs/{body['job_id']}/audio") and body["duration"] > 0
+    audio = client.get(f"/v1/jobs/{body['job_id']}/audio")
+    assert_speech(audio.content, rate=22050, words=3)
+
+    # Instruct mode picks an engine that takes instructions (here a fixture engine).
+    r = client.post(
+        "/api/predict",
+        json={"data": ["自然语言控制", None, "她[h][ào]干净", "用兴奋的语气说这句话"]},
+    )
+    assert r.status_code == 200, r.text
+    job = client.get(f"/v1/jobs/{r.json()['job_id']}").json()
+    assert job["instruction"] == "用兴奋的语气说这句话" and job["engine"] != "piper"
+
+
+def test_predict_errors_and_timeout(client: TestClient, worker: Proc) -> None:
+    from core.settings import Settings
+
+    def call(data: list[Any]) -> Any:
+        return client.post("/api/predict", json={"data": data})
+
+    assert call(["3s极速复刻", {"path": "prompt.wav"}, "hi", None]).json()["error"]["code"] == (
+        "unsupported_mode"
+    )
+    assert call(["x", None]).json()["error"]["code"] == "validation_failed"
+    assert call([1, None, 2]).json()["error"]["code"] == "validation_failed"
+    assert call(["预训练音色", None, "", None]).json()["error"]["code"] == "text_empty"
+    only_piper = Settings(extra_engines="")
+    client.app.dependency_overrides[get_settings] = lambda: only_piper  # type: ignore[attr-defined]
+    r = call(["自然语言控制", None, "hi", "say it"])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unsupported_mode"
+    impatient = Settings(predict_timeout_seconds=0.05)
+    client.app.dependency_overrides[get_settings] = lambda: impatient  # type: ignore[attr-defined]
+    text = " ".join(f"Sentence {i} is slow." for i in range(30))
+    client.post("/v1/jobs", json={"text": "warm", "engine": "slow"})  # occupy the worker
+    r = call(["预训练音色", None, text, None])
+    assert r.status_code == 202 and r.json()["is_generating"] is True
+    assert r.json()["links"]["self"].endswith(r.json()["job_id"])

@@ -1,0 +1,53 @@
+"""Submitting a job: admission, idempotency, insert, commit, then publish. Shared by the jobs
+route and the Gradio-style compat shim."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.admission import admit, request_hash
+from api.metrics import JOBS_SUBMITTED
+from api.schemas import JobCreate
+from core.errors import IdempotencyConflict
+from core.settings import Settings
+from db import jobs as q
+from db.models import Job
+from db.session import after_commit, commit, rollback
+from tasks.send import send_synthesize, send_webhooks
+
+
+def submit(
+    session: Session, settings: Settings, body: JobCreate, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """(job, replayed). The row is committed before its message is sent (house rule 2)."""
+    digest = request_hash(body)
+    if idempotency_key:
+        existing = q.find_by_idempotency_key(session, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), True
+    job = admit(body, settings)
+    job.idempotency_key = idempotency_key
+    job.request_hash = digest
+    try:
+        deliveries = q.create_job(session, job, settings.public_base_url)
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        rollback(session)
+        existing = q.find_by_idempotency_key(session, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, digest), True
+    after_commit(session, lambda: send_synthesize(job.id, job.engine, job.priority))
+    after_commit(session, lambda: send_webhooks(deliveries))
+    commit(session)
+    JOBS_SUBMITTED.labels(job.engine).inc()
+    return job, False
+
+
+def _replay(existing: Job, digest: str) -> Job:
+    if existing.request_hash != digest:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    return existing
