@@ -99,12 +99,12 @@ class LeaseKeeper:
     def _fail_at_deadline(self) -> None:
         """Fail the job (fenced) the moment its deadline passes, even mid-segment, so it is not
         re-queued to run again; the segment loop stops at its next boundary."""
-        s_ = self.settings
-        message = f"job ran past VOICEFARM_JOB_DEADLINE_SECONDS={s_.job_deadline_seconds:g}"
+        cfg = self.settings
+        message = f"job ran past VOICEFARM_JOB_DEADLINE_SECONDS={cfg.job_deadline_seconds:g}"
         try:
-            with session_scope(s_.database_url) as s:
+            with session_scope(cfg.database_url) as s:
                 deliveries = q.finish_failure(
-                    s, self.claim, ErrorCode.deadline_exceeded.value, message, s_.public_base_url
+                    s, self.claim, ErrorCode.deadline_exceeded.value, message, cfg.public_base_url
                 )
                 after_commit(s, lambda: send_webhooks(deliveries))
         finally:
@@ -140,12 +140,14 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
     except Stopped:
         log.info("event=jobs.stopped job=%s attempt=%d", job_id, claim.attempt)
     except DeviceUnhealthy as exc:
+        from workers.runtime import EXIT_DEVICE_UNHEALTHY
+
         _release(settings, claim, inp, ErrorCode.out_of_memory.value, str(exc))
         _metrics_finished(inp.engine, "oom")
         log.error("event=worker.device_unhealthy job=%s exiting for a restart", job_id)
         # Exit so the supervisor restarts the process with a clean CUDA context. The row is
         # already back in `queued`; the reconciler re-publishes it if the message is gone too.
-        os._exit(runtime_exit_code())
+        os._exit(EXIT_DEVICE_UNHEALTHY)
     except StorageError as exc:
         _release(settings, claim, inp, ErrorCode.storage_error.value, exc.message)
     except RequestRejected as exc:
@@ -153,12 +155,6 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
     except Exception as exc:
         log.exception("event=jobs.engine_error job=%s attempt=%d", job_id, claim.attempt)
         _release(settings, claim, inp, ErrorCode.engine_error.value, f"{type(exc).__name__}: {exc}")
-
-
-def runtime_exit_code() -> int:
-    from workers.runtime import EXIT_DEVICE_UNHEALTHY
-
-    return EXIT_DEVICE_UNHEALTHY
 
 
 def _run_claimed(
