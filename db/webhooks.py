@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.enums import DeliveryStatus, WebhookEvent
@@ -54,6 +54,18 @@ def add_event(session: Session, job: Job, event: WebhookEvent, base_url: str) ->
     return delivery.id
 
 
+def _pending_and_due(now: Any) -> ColumnElement[bool]:
+    return and_(
+        WebhookDelivery.status == DeliveryStatus.pending, WebhookDelivery.next_attempt_at <= now
+    )
+
+
+def _sending_lock_expired(now: Any) -> ColumnElement[bool]:
+    return and_(
+        WebhookDelivery.status == DeliveryStatus.sending, WebhookDelivery.locked_until < now
+    )
+
+
 def claim_delivery(
     session: Session, delivery_id: str, lock_seconds: float
 ) -> WebhookDelivery | None:
@@ -63,12 +75,7 @@ def claim_delivery(
         update(WebhookDelivery)
         .where(
             WebhookDelivery.id == delivery_id,
-            or_(
-                (WebhookDelivery.status == DeliveryStatus.pending)
-                & (WebhookDelivery.next_attempt_at <= now),
-                (WebhookDelivery.status == DeliveryStatus.sending)
-                & (WebhookDelivery.locked_until < now),
-            ),
+            or_(_pending_and_due(now), _sending_lock_expired(now)),
         )
         .values(
             status=DeliveryStatus.sending.value,
@@ -149,14 +156,12 @@ def due_deliveries(session: Session, grace_seconds: float = 30.0, limit: int = 1
         select(WebhookDelivery.id)
         .where(
             or_(
-                (WebhookDelivery.status == DeliveryStatus.pending)
-                & (WebhookDelivery.next_attempt_at <= now)
+                _pending_and_due(now)
                 & (
                     WebhookDelivery.dispatched_at.is_(None)
                     | (WebhookDelivery.dispatched_at < now - timedelta(seconds=grace_seconds))
                 ),
-                (WebhookDelivery.status == DeliveryStatus.sending)
-                & (WebhookDelivery.locked_until < now),
+                _sending_lock_expired(now),
             )
         )
         .order_by(WebhookDelivery.next_attempt_at)

@@ -27,7 +27,7 @@ log = logging.getLogger("voicefarm.maintenance")
 def queue_size(name: str) -> int:
     """Messages waiting in a broker queue; a queue the broker doesn't know holds none."""
     try:
-        with celery_app.connection_for_read() as conn:
+        with celery_app.pool.acquire(block=True) as conn:
             return int(conn.default_channel.queue_declare(queue=name, passive=True).message_count)
     except Exception:
         return 0
