@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from tasks.maintenance import reconcile
+from tests.fixtures.api import use_settings
 from tests.fixtures.processes import free_port, spawn, start_worker, wait_until
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -145,10 +146,7 @@ def _supervisor(log_dir: Path, name: str, engine: str, port: int, **env: str) ->
 
 
 def _limit_attempts(client: Any, n: int) -> None:
-    from core.settings import Settings, get_settings
-
-    limited = Settings(max_attempts=n)
-    client.app.dependency_overrides[get_settings] = lambda: limited
+    use_settings(client, max_attempts=n)
 
 
 def test_supervisor_restarts_a_worker_that_runs_out_of_gpu_memory(

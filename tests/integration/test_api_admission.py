@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from db.models import Job, WebhookDelivery
 from db.session import get_sessionmaker
+from tests.fixtures.api import use_settings
 
 
 def _count(url: str) -> tuple[int, int]:
@@ -97,10 +98,8 @@ def test_malformed_json_is_a_422(client: TestClient, db: str) -> None:
 def test_private_webhook_refused_unless_allowed(
     client: TestClient, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core.settings import Settings, get_settings
 
-    strict = Settings(webhook_allow_private=False)
-    client.app.dependency_overrides[get_settings] = lambda: strict  # type: ignore[attr-defined]
+    use_settings(client, webhook_allow_private=False)
     r = client.post("/v1/jobs", json={"text": "hi", "webhook_url": "http://127.0.0.1:9/x"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "webhook_url_forbidden"
     assert "VOICEFARM_WEBHOOK_ALLOW_PRIVATE" in r.json()["error"]["message"]
@@ -178,10 +177,8 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
 
 
 def test_readyz_reports_a_dead_broker(client: TestClient) -> None:
-    from core.settings import Settings, get_settings
 
-    broken = Settings(redis_url="redis://127.0.0.1:1/0")
-    client.app.dependency_overrides[get_settings] = lambda: broken  # type: ignore[attr-defined]
+    use_settings(client, redis_url="redis://127.0.0.1:1/0")
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["broker"].startswith("error")
 
@@ -203,10 +200,8 @@ def test_oversized_bodies_are_413_before_parsing(client: TestClient, db: str) ->
 
 
 def test_api_keys_when_configured(client: TestClient, db: str) -> None:
-    from core.settings import Settings, get_settings
 
-    keyed = Settings(api_keys="k-one, k-two")
-    client.app.dependency_overrides[get_settings] = lambda: keyed  # type: ignore[attr-defined]
+    use_settings(client, api_keys="k-one, k-two")
     assert client.post("/v1/jobs", json={"text": "hi"}).status_code == 401
     bad = client.post("/v1/jobs", json={"text": "hi"}, headers={"authorization": "Bearer nope"})
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"

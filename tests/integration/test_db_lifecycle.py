@@ -33,6 +33,15 @@ def _new_job(url: str, **kw: Any) -> uuid.UUID:
         return job.id
 
 
+def _expire_lease(url: str, job_id: uuid.UUID) -> None:
+    with session_scope(url) as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=text("now() - interval '1 second'"))
+        )
+
+
 def _result(job_id: uuid.UUID, attempt: int) -> q.AudioResult:
     return q.AudioResult(f"jobs/{job_id}/{attempt}.wav", "wav", 16000, 1.0, 44, "0" * 64)
 
@@ -63,12 +72,7 @@ def test_a_stale_attempt_cannot_write_after_a_newer_claim(db: str) -> None:
         old = q.claim_job(s, job_id, "old", 30)
     assert old
     # The old worker's lease runs out; the reconciler gives the job to a new attempt.
-    with session_scope(db) as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(lease_expires_at=text("now() - interval '1 second'"))
-        )
+    _expire_lease(db, job_id)
     with session_scope(db) as s:
         again, _ = q.requeue_expired_leases(s, BASE)
     assert [r.job_id for r in again] == [job_id]
@@ -89,11 +93,7 @@ def test_expired_lease_on_last_attempt_fails_with_a_code(db: str) -> None:
     job_id = _new_job(db, max_attempts=1)
     with session_scope(db) as s:
         assert q.claim_job(s, job_id, "w", 30)
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(lease_expires_at=text("now() - interval '1 second'"))
-        )
+    _expire_lease(db, job_id)
     with session_scope(db) as s:
         again, _ = q.requeue_expired_leases(s, BASE)
     assert again == []

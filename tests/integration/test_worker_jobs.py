@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from core.settings import get_settings
 from core.webhooks import verify
+from tests.fixtures.api import use_settings
 from tests.fixtures.audio_checks import assert_speech, read_wav
 from tests.fixtures.processes import Proc, wait_until
 from tests.fixtures.receiver import Receiver
@@ -278,7 +279,6 @@ def test_cosyvoice_job_with_pinyin_and_an_instruction(
     weights cannot run here); the job carries pinyin markup and a dialect instruction."""
     import json
 
-    from core.settings import Settings
     from tests.fixtures.processes import ROOT, start_worker
 
     stub_log = tmp_path / "calls.jsonl"
@@ -294,8 +294,7 @@ def test_cosyvoice_job_with_pinyin_and_an_instruction(
         },
     )
     try:
-        enabled = Settings(engines="piper,cosyvoice")
-        client.app.dependency_overrides[get_settings] = lambda: enabled  # type: ignore[attr-defined]
+        use_settings(client, engines="piper,cosyvoice")
         r = client.post(
             "/v1/jobs",
             json={
@@ -348,7 +347,6 @@ def test_gradio_style_predict_waits_and_returns_the_audio_url(
 
 
 def test_predict_errors_and_timeout(client: TestClient, worker: Proc) -> None:
-    from core.settings import Settings
 
     def call(data: list[Any]) -> Any:
         return client.post("/api/predict", json={"data": data})
@@ -359,12 +357,10 @@ def test_predict_errors_and_timeout(client: TestClient, worker: Proc) -> None:
     assert call(["x", None]).json()["error"]["code"] == "validation_failed"
     assert call([1, None, 2]).json()["error"]["code"] == "validation_failed"
     assert call(["预训练音色", None, "", None]).json()["error"]["code"] == "text_empty"
-    only_piper = Settings(extra_engines="")
-    client.app.dependency_overrides[get_settings] = lambda: only_piper  # type: ignore[attr-defined]
+    use_settings(client, extra_engines="")
     r = call(["自然语言控制", None, "hi", "say it"])
     assert r.status_code == 422 and r.json()["error"]["code"] == "unsupported_mode"
-    impatient = Settings(predict_timeout_seconds=0.05)
-    client.app.dependency_overrides[get_settings] = lambda: impatient  # type: ignore[attr-defined]
+    use_settings(client, predict_timeout_seconds=0.05)
     text = " ".join(f"Sentence {i} is slow." for i in range(30))
     client.post("/v1/jobs", json={"text": "warm", "engine": "slow"})  # occupy the worker
     r = call(["预训练音色", None, text, None])
