@@ -68,6 +68,8 @@ _ARPABET_RE = re.compile(r"^([A-Z]{1,2})([012])?$")
 _PINYIN_RE = re.compile(r"^[a-zü\u0101-\u01dc\u00e0-\u00fa\u0300-\u036f]+[1-5]?$")
 _RUN_RE = re.compile(r"(?:\[[^\[\]]*\])+")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;…])\s+|(?<=[。！？；])|\n+")
+_SENTENCE_CHARS = ".!?。！？；;…"
+_COMMA_CHARS = ",，、:："
 
 
 @dataclass(frozen=True)
@@ -158,10 +160,50 @@ def split_segments(text: str, max_chars: int) -> list[str]:
     return segments
 
 
+def halve(text: str) -> list[str]:
+    """Cut `text` in two near its middle for a retry with smaller pieces (CUDA OOM).
+
+    Prefers a sentence end, then a comma, then a space, each only if it falls in the middle half;
+    otherwise any character boundary nearest the middle (Chinese has no spaces). Never cuts
+    inside a markup run or between a character and the pinyin run that annotates it, so each
+    piece passes `parse_markup` on its own. Returns `[text]` when there is nowhere to cut.
+    """
+    text = text.strip()
+    protected = _protected(text)
+    n = len(text)
+    allowed = [i for i in range(1, n) if not _inside(i, protected) and text[:i].strip()]
+    allowed = [i for i in allowed if text[i:].strip()]
+    if not allowed:
+        return [text] if text else []
+    mid = n / 2
+    middle = [i for i in allowed if n / 4 <= i <= 3 * n / 4]
+    for seps in (_SENTENCE_CHARS, _COMMA_CHARS, " "):
+        best = [i for i in middle if text[i - 1] in seps]
+        if best:
+            cut = min(best, key=lambda i: abs(i - mid))
+            break
+    else:
+        cut = min(allowed, key=lambda i: abs(i - mid))
+    return [text[:cut].strip(), text[cut:].strip()]
+
+
+def _protected(text: str) -> list[tuple[int, int]]:
+    """Spans no cut may fall strictly inside. A pinyin run annotates the character before it,
+    so its span starts one character early."""
+    return [
+        (r.start - 1 if r.kind == MarkupKind.pinyin and r.start > 0 else r.start, r.end)
+        for r in parse_markup(text)
+    ]
+
+
+def _inside(i: int, protected: list[tuple[int, int]]) -> bool:
+    return any(a < i < b for a, b in protected)
+
+
 def _cut(sentence: str, max_chars: int) -> list[str]:
     out = []
     while len(sentence) > max_chars:
-        protected = [(r.start, r.end) for r in parse_markup(sentence)]
+        protected = _protected(sentence)
         cut = _cut_point(sentence, max_chars, protected)
         out.append(sentence[:cut].strip())
         sentence = sentence[cut:].strip()
@@ -172,9 +214,9 @@ def _cut(sentence: str, max_chars: int) -> list[str]:
 
 def _cut_point(sentence: str, limit: int, protected: list[tuple[int, int]]) -> int:
     def inside(i: int) -> bool:
-        return any(a < i < b for a, b in protected)
+        return _inside(i, protected)
 
-    for seps in (",，、:：", " "):
+    for seps in (_COMMA_CHARS, " "):
         for i in range(limit, 0, -1):
             if sentence[i - 1] in seps and not inside(i):
                 return i

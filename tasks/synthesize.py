@@ -18,7 +18,7 @@ from core.enums import ErrorCode, TaskName
 from core.errors import RequestRejected, StorageError
 from core.settings import Settings
 from core.storage import get_storage, job_audio_key
-from core.text import split_segments
+from core.text import halve, split_segments
 from db import jobs as q
 from db.session import after_commit, session_scope
 from tasks.app import celery_app
@@ -247,17 +247,11 @@ def _synthesize_segment(engine: Engine, text: str, inp: JobInput) -> list[Audio]
             _metrics_oom(inp.engine)
             devices.free_cuda_cache()
             log.warning("event=jobs.oom engine=%s split=%d chars=%d", inp.engine, split, len(text))
-            pieces = [half for p in pieces for half in _halve(p)]
+            # Markup-aware: a piece never ends inside `她[h][ào]` (core/text.py).
+            pieces = [half for p in pieces for half in halve(p)]
     raise DeviceUnhealthy(
         f"CUDA out of memory even after splitting the segment {MAX_OOM_SPLITS} times"
     )
-
-
-def _halve(text: str) -> list[str]:
-    mid = len(text) // 2
-    cut = text.rfind(" ", 0, mid) if " " in text[:mid] else mid
-    cut = cut if cut > 0 else mid
-    return [p for p in (text[:cut].strip(), text[cut:].strip()) if p]
 
 
 def _beat(

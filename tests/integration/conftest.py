@@ -17,7 +17,10 @@ def worker(database: str, redis_client: object, log_dir: Path) -> Iterator[Proc]
         log_dir,
         "piper,tone,slow,fail,oomlong",
         name="shared",
-        env={"VOICEFARM_WEBHOOK_PROGRESS_SECONDS": "0"},
+        env={
+            "VOICEFARM_WEBHOOK_PROGRESS_SECONDS": "0",
+            "FIXTURE_SEGMENT_LOG": str(log_dir / "oomlong-segments.jsonl"),
+        },
     )
     yield proc
     proc.stop()

@@ -76,6 +76,34 @@ def test_oom_frees_and_retries_with_smaller_segments(client: TestClient, worker:
     assert done["status"] == "succeeded" and done["attempts"] == 1, worker.tail()
 
 
+def test_oom_split_of_chinese_text_keeps_pinyin_markup_whole(
+    client: TestClient, worker: Proc, log_dir: Path
+) -> None:
+    """Chinese without spaces and with pinyin runs, 36 characters in one segment: the fixture
+    raises torch's CUDA OOM type until every piece is 20 characters or less (no GPU here), so
+    the task splits twice. The pieces are cut beside the markup, never inside it, so each passes
+    validation and the job succeeds in its first attempt; the fixture logs what it synthesized
+    (a retry synthesizes every piece again, so the last pieces logged make up the text)."""
+    import json
+
+    from core.text import parse_markup
+
+    text = "大家都说她[h][ào]干净又[h][ào]客所以邻居们都很喜欢她的样子"
+    assert len(text) > 20 and " " not in text
+    job = client.post("/v1/jobs", json={"text": text, "engine": "oomlong"}).json()
+    done = wait_job(client, job["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1, (done, worker.tail())
+    logged = (log_dir / "oomlong-segments.jsonl").read_text(encoding="utf-8").splitlines()
+    pieces = [p for p in map(json.loads, logged) if p in text]
+    final = next(pieces[i:] for i in range(len(pieces)) if "".join(pieces[i:]) == text)
+    assert len(final) >= 3, pieces
+    for piece in pieces:
+        parse_markup(piece)
+    assert all(len(p) <= 20 for p in final)
+    # Each run stays with the character it annotates.
+    assert any("她[h][ào]" in p for p in final) and any("又[h][ào]" in p for p in final)
+
+
 def test_cancel_running_job_stops_at_next_segment(
     client: TestClient, worker: Proc, tmp_root: Path
 ) -> None:
