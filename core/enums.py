@@ -68,3 +68,5 @@ class ErrorCode(StrEnum):
     out_of_memory = "out_of_memory"
     deadline_exceeded = "deadline_exceeded"
     invalid_input = "invalid_input"
+    # The engine produced no samples, or only silence: nothing worth storing.
+    empty_audio = "empty_audio"

@@ -7,8 +7,11 @@ another attempt and a stale worker's upload is harmless.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,8 +27,20 @@ def job_audio_key(job_id: str, attempt: int, ext: str) -> str:
     return f"jobs/{job_id}/{attempt}.{ext}"
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified: datetime  # timezone-aware, UTC
+
+
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
+    def put_file(self, key: str, path: Path, content_type: str) -> None:
+        """Upload a file from disk without reading it into memory (in parts on S3)."""
+
+    def list_keys(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with `prefix`, with its last-modified time."""
+
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
     def presigned_url(self, key: str) -> str | None:
@@ -59,6 +74,33 @@ class FileStorage:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def put_file(self, key: str, path: Path, content_type: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Copy beside the destination, then rename: atomic even when `path` is on another disk.
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f, path.open("rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def list_keys(self, prefix: str) -> Iterator[StoredObject]:
+        # Half-written `.tmp-` files are listed too: one left by a crash is an orphan as well.
+        for dirpath, _, names in os.walk(self.root):
+            for name in names:
+                path = Path(dirpath) / name
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    mtime = path.stat().st_mtime
+                except FileNotFoundError:  # deleted while we walked
+                    continue
+                yield StoredObject(key, datetime.fromtimestamp(mtime, UTC))
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
@@ -86,6 +128,7 @@ class FileStorage:
 class S3Storage:
     def __init__(self, settings: Settings) -> None:
         import boto3
+        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket = settings.s3_bucket
@@ -108,6 +151,12 @@ class S3Storage:
         public = settings.s3_public_endpoint_url or settings.s3_endpoint_url
         self.presigner: S3Client = boto3.client("s3", endpoint_url=public, **common)
         self._bucket_ready = False
+        # Files past the threshold go up in parts (memory per part, not per file).
+        self.transfer = TransferConfig(
+            multipart_threshold=8 * 1024 * 1024,
+            multipart_chunksize=8 * 1024 * 1024,
+            max_concurrency=4,
+        )
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:
@@ -130,6 +179,28 @@ class S3Storage:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"upload of {key} failed: {exc}") from exc
+
+    def put_file(self, key: str, path: Path, content_type: str) -> None:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._ensure_bucket()
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                key,
+                ExtraArgs={"ContentType": content_type},
+                Config=self.transfer,
+            )
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            raise StorageError(f"upload of {key} failed: {exc}") from exc
+
+    def list_keys(self, prefix: str) -> Iterator[StoredObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield StoredObject(obj["Key"], obj["LastModified"])
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -25,6 +25,7 @@ from tasks.app import celery_app
 from tasks.send import send_synthesize, send_webhooks
 
 if TYPE_CHECKING:
+    from workers.audio import WavFileWriter
     from workers.engines.base import Audio, Engine
     from workers.runtime import Runtime
 
@@ -162,11 +163,24 @@ def _run_claimed(
 ) -> None:
     from workers import audio as audio_ops
 
+    # Audio goes to a temporary file segment by segment, so memory stays one segment deep
+    # whatever the text length; the file is removed after the upload, or on any failure.
+    with audio_ops.WavFileWriter.temporary(inp.format, inp.sample_rate) as writer:
+        _synthesize_and_store(rt, claim, inp, t0, keeper, writer)
+
+
+def _synthesize_and_store(
+    rt: Runtime,
+    claim: q.Claim,
+    inp: JobInput,
+    t0: float,
+    keeper: LeaseKeeper,
+    writer: WavFileWriter,
+) -> None:
     settings = rt.settings
     engine = rt.engine(inp.engine)
     segments = split_segments(inp.text, settings.segment_max_chars)
     _beat(rt, claim, keeper, done=0, total=len(segments), started=t0)
-    parts: list[Audio] = []
     synth_seconds = 0.0
     for i, segment in enumerate(segments):
         if time.perf_counter() - t0 > settings.job_deadline_seconds:
@@ -179,25 +193,28 @@ def _run_claimed(
             )
             return
         s0 = time.perf_counter()
-        parts.extend(_synthesize_segment(engine, segment, inp))
+        writer.add_all(_synthesize_segment(engine, segment, inp))
         synth_seconds += time.perf_counter() - s0
         _beat(rt, claim, keeper, done=i + 1, total=len(segments), started=t0)
 
-    joined = audio_ops.join(parts)
-    if inp.sample_rate and inp.sample_rate != joined.sample_rate:
-        joined = audio_ops.resample(joined, inp.sample_rate)
-    encoded = audio_ops.encode(joined, inp.format)
+    silence = writer.silence()
+    if silence is not None:
+        # A 0-frame or silent WAV is not a success: fail (fenced) and store nothing.
+        _fail(settings, claim, inp, ErrorCode.empty_audio.value, silence)
+        log.warning("event=jobs.empty_audio job=%s attempt=%d", claim.job_id, claim.attempt)
+        return
+    encoded = writer.finish()
     key = job_audio_key(str(claim.job_id), claim.attempt, encoded.format)
     storage = get_storage(settings)
     u0 = time.perf_counter()
-    storage.put(key, encoded.data, encoded.content_type)
+    storage.put_file(key, encoded.path, encoded.content_type)
     upload_seconds = time.perf_counter() - u0
     result = q.AudioResult(
         key,
         encoded.format,
         encoded.sample_rate,
         encoded.duration_s,
-        len(encoded.data),
+        encoded.bytes,
         encoded.sha256,
     )
     with session_scope(settings.database_url) as s:

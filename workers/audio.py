@@ -1,11 +1,15 @@
-"""Audio post-processing: join segments, resample, encode WAV, describe the result."""
+"""Audio post-processing: join segments, resample, encode WAV (in memory or streamed to a file),
+describe the result."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import tempfile
 import wave
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -80,3 +84,137 @@ def encode(audio: Audio, fmt: str) -> Encoded:
         duration_s=round(audio.duration_s, 3),
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+# Below -60 dBFS at its loudest, or -80 dBFS on average: nothing a listener would hear.
+SILENCE_PEAK = 1e-3
+SILENCE_RMS = 1e-4
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """A finished audio file on disk, described the way the job row records it."""
+
+    path: Path
+    format: str
+    content_type: str
+    sample_rate: int
+    duration_s: float
+    bytes: int
+    sha256: str
+
+
+class WavFileWriter:
+    """16-bit PCM mono WAV written to disk part by part, so memory stays one segment deep.
+
+    Each part is resampled on its own (band-limited FFT of that part only) and separated from the
+    previous one by a silent gap, as `join` does. Loudness is tracked as parts arrive, so a job
+    whose audio is empty or silent is caught without reading the file back. The WAV header's
+    sizes are patched when the file is finished.
+    """
+
+    def __init__(self, path: Path, sample_rate: int | None = None, gap_s: float = SEGMENT_GAP_S):
+        self.path = path
+        self.sample_rate = sample_rate  # None: the first part's rate
+        self.gap_s = gap_s
+        self.frames = 0
+        self.parts = 0
+        self.peak = 0.0
+        self._sum_squares = 0.0
+        self._file = path.open("wb")
+        self._wav: wave.Wave_write | None = None
+
+    @classmethod
+    def temporary(cls, fmt: str, sample_rate: int | None = None) -> WavFileWriter:
+        """A writer on a new file in the temporary folder ($TMPDIR); closing it removes it."""
+        if fmt != "wav":
+            raise ValueError(f"format {fmt!r} is not supported")
+        fd, name = tempfile.mkstemp(prefix="voicefarm-", suffix=".wav")
+        os.close(fd)
+        return cls(Path(name), sample_rate)
+
+    def __enter__(self) -> WavFileWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def _open(self, rate: int) -> wave.Wave_write:
+        if self._wav is None:
+            self.sample_rate = rate
+            self._wav = wave.open(self._file, "wb")  # noqa: SIM115 (closed in close())
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(rate)
+        return self._wav
+
+    def add(self, part: Audio) -> None:
+        wav = self._open(self.sample_rate or part.sample_rate)
+        rate = wav.getframerate()
+        if part.sample_rate != rate:
+            part = resample(part, rate)
+        if self.parts:
+            gap = int(rate * self.gap_s)
+            wav.writeframesraw(bytes(2 * gap))
+            self.frames += gap
+        self.parts += 1
+        samples = part.samples.astype(np.float32, copy=False)
+        if not len(samples):
+            return
+        self.peak = max(self.peak, float(np.max(np.abs(samples))))
+        wide = samples.astype(np.float64)
+        self._sum_squares += float(np.dot(wide, wide))
+        # The same conversion as `encode_wav`, so both write identical bytes for the same audio.
+        wav.writeframesraw((np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
+        self.frames += len(samples)
+
+    def add_all(self, parts: list[Audio]) -> None:
+        for part in parts:
+            self.add(part)
+
+    @property
+    def rms(self) -> float:
+        return (self._sum_squares / self.frames) ** 0.5 if self.frames else 0.0
+
+    def silence(self) -> str | None:
+        """Why the audio so far is not worth storing (empty or silent), or None."""
+        if not self.frames:
+            return f"the engine returned no audio ({self.parts} parts, 0 samples)"
+        if self.peak < SILENCE_PEAK or self.rms < SILENCE_RMS:
+            return (
+                f"the engine returned silence: {self.frames} samples, peak {self.peak:.2e}, "
+                f"RMS {self.rms:.2e} (thresholds {SILENCE_PEAK:g} and {SILENCE_RMS:g})"
+            )
+        return None
+
+    def close(self) -> None:
+        try:
+            if self._wav is not None:
+                self._wav.close()  # patches the header's sizes
+        finally:
+            self._wav = None
+            self._file.close()
+
+    def finish(self) -> EncodedFile:
+        """Close the file and describe it. Its hash needs the final header, so it is one
+        streaming read of the finished file (from the page cache), never the file in memory."""
+        if self._wav is None or self.sample_rate is None:
+            raise ValueError("nothing to encode")
+        rate = self.sample_rate
+        self.close()
+        digest = hashlib.sha256()
+        size = 0
+        with self.path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+        return EncodedFile(
+            path=self.path,
+            format="wav",
+            content_type="audio/wav",
+            sample_rate=rate,
+            duration_s=round(self.frames / rate, 3),
+            bytes=size,
+            sha256=digest.hexdigest(),
+        )
