@@ -14,6 +14,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from celery import Task
+from celery.exceptions import Reject
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 from core.enums import ErrorCode, TaskName
 from core.errors import RequestRejected, StorageError
 from core.settings import Settings
@@ -32,6 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicefarm.jobs")
 
 MAX_OOM_SPLITS = 2
+# Back-off while PostgreSQL is unreachable: doubles per consecutive failure in this process.
+DB_BACKOFF_START = 0.5
+DB_BACKOFF_MAX = 30.0
+_db_failures = 0
 
 
 @dataclass(frozen=True)
@@ -112,11 +121,50 @@ class LeaseKeeper:
             self.lost.set()
 
 
-@celery_app.task(name=TaskName.synthesize.value, ignore_result=True)
-def synthesize(job_id: str) -> None:
+@celery_app.task(bind=True, name=TaskName.synthesize.value, ignore_result=True)
+def synthesize(self: Task, job_id: str) -> None:
+    global _db_failures
     from workers import runtime
 
-    run_job(runtime.current(), uuid.UUID(job_id))
+    rt = runtime.current()
+    try:
+        run_job(rt, uuid.UUID(job_id))
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        _db_failures += 1
+        _wait_for_database(rt, job_id, exc)
+        # Reject with requeue, not `self.retry(countdown=...)`: with acks_late the message stays
+        # in Redis (the unacked set, restored if this process dies) until the reject puts it back
+        # on its queue. A retry would ack it and hold a copy with an ETA in this worker's memory,
+        # pulling the whole queue into one process during an outage. The back-off above keeps
+        # the worker from spinning through the queue; the claim makes a redelivery harmless.
+        raise Reject(f"database unavailable: {type(exc).__name__}", requeue=True) from exc
+    _db_failures = 0
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """PostgreSQL stopped, restarting or out of reach (not a bad query): worth waiting for."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _wait_for_database(rt: Runtime, job_id: str, exc: BaseException) -> None:
+    """Sleep before handing the message back, beating so the supervisor sees a live process."""
+    delay = min(DB_BACKOFF_MAX, DB_BACKOFF_START * 2 ** (_db_failures - 1))
+    log.warning(
+        "event=jobs.db_unavailable job=%s failures=%d retry_in=%.1fs error=%s",
+        job_id,
+        _db_failures,
+        delay,
+        type(exc).__name__,
+    )
+    until = time.monotonic() + delay
+    while (left := until - time.monotonic()) > 0:
+        rt.beat()
+        time.sleep(min(1.0, left))
+    rt.beat()
 
 
 def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
