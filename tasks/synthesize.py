@@ -179,6 +179,9 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
         inp = JobInput(
             job.engine, job.voice, job.instruction, job.text, job.format, job.sample_rate, job.speed
         )
+        # A release keeps its error code on the row until the next finish: this says whether an
+        # earlier attempt of this job already took a worker down with CUDA OOM.
+        oomed_before = job.error_code == ErrorCode.out_of_memory.value
         deliveries = q.started_event(s, claim, base)
         after_commit(s, lambda: send_webhooks(deliveries))
     log.info("event=jobs.claimed job=%s attempt=%d worker=%s", job_id, claim.attempt, rt.worker_id)
@@ -191,12 +194,24 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
     except DeviceUnhealthy as exc:
         from workers.runtime import EXIT_DEVICE_UNHEALTHY
 
-        _release(settings, claim, inp, ErrorCode.out_of_memory.value, str(exc))
-        _metrics_finished(inp.engine, "oom")
-        log.error("event=worker.device_unhealthy job=%s exiting for a restart", job_id)
-        # Exit so the supervisor restarts the process with a clean CUDA context. The row is
-        # already back in `queued`; the reconciler re-publishes it if the message is gone too.
-        os._exit(EXIT_DEVICE_UNHEALTHY)
+        try:
+            if oomed_before:
+                # A poison job: passing it on would take down one worker after another until
+                # its attempts run out. Fail it now; this worker still restarts once.
+                message = (
+                    f"{exc}, in attempt {claim.attempt} as in the one before: the job needs more "
+                    "GPU memory than a worker has (shorten the text or lower "
+                    "VOICEFARM_SEGMENT_MAX_CHARS)"
+                )
+                _fail(settings, claim, inp, ErrorCode.out_of_memory.value, message)
+            else:
+                _release(settings, claim, inp, ErrorCode.out_of_memory.value, str(exc))
+                _metrics_finished(inp.engine, "oom")
+        finally:
+            log.error("event=worker.device_unhealthy job=%s exiting for a restart", job_id)
+            # Exit so the supervisor restarts the process with a clean CUDA context, even when
+            # the database write failed: the lease then expires and the reconciler takes over.
+            os._exit(EXIT_DEVICE_UNHEALTHY)
     except StorageError as exc:
         _release(settings, claim, inp, ErrorCode.storage_error.value, exc.message)
     except RequestRejected as exc:
