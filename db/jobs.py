@@ -275,29 +275,16 @@ def _stale(grace_seconds: float) -> ColumnElement[bool]:
     )
 
 
-def stale_routes(session: Session, grace_seconds: float) -> set[tuple[str, str]]:
-    """(engine, priority) pairs that have queued jobs unclaimed past the grace period."""
-    rows = session.execute(
-        select(Job.engine, Job.priority).where(_stale(grace_seconds)).distinct()
-    ).all()
-    return {(r[0], r[1]) for r in rows}
+def stale_queued(session: Session, grace_seconds: float, limit: int = 500) -> list[Redispatch]:
+    """Queued jobs nobody claimed within the grace period, oldest first, at most `limit`, marked
+    dispatched now so each is re-published at most once per grace period.
 
-
-def stale_queued(
-    session: Session,
-    grace_seconds: float,
-    routes: set[tuple[str, str]] | None = None,
-    limit: int = 500,
-) -> list[Redispatch]:
-    """Queued jobs nobody claimed within the grace period, on `routes` (all when None)."""
-    if routes is not None and not routes:
-        return []
-    cond = _stale(grace_seconds)
-    if routes is not None:
-        cond = and_(cond, or_(*(and_(Job.engine == e, Job.priority == p) for e, p in routes)))
+    Whatever the queue depth: a job behind a backlog whose message was lost must not wait for a
+    quiet moment, and a duplicate message claims nothing. The caller publishes after commit.
+    """
     rows = session.execute(
         select(Job.id, Job.engine, Job.priority)
-        .where(cond)
+        .where(_stale(grace_seconds))
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -306,6 +293,17 @@ def stale_queued(
     if ids:
         session.execute(update(Job).where(Job.id.in_(ids)).values(dispatched_at=func.now()))
     return [Redispatch(r.id, r.engine, r.priority) for r in rows]
+
+
+def undispatch(session: Session, job_ids: list[uuid.UUID]) -> None:
+    """Publishing failed: mark still-queued jobs as never dispatched, so the next reconcile
+    picks them up at once instead of a grace period later."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.queued.value)
+            .values(dispatched_at=None)
+        )
 
 
 # --- listing --------------------------------------------------------------------------------

@@ -2,9 +2,13 @@
 
 - running jobs whose lease expired (worker killed or hung) go back to queued, or fail when out of
   attempts;
-- queued jobs nobody claimed within the grace period are published again when their engine's
-  queue is empty (the message was lost, or Redis restarted empty);
+- queued jobs nobody claimed within the grace period are published again, oldest first and at
+  most once per grace period each, whatever the queue depth (the message was lost, or Redis
+  restarted empty; a duplicate message claims nothing);
 - webhook deliveries that are due (retries, lost messages) are dispatched.
+
+The rows are picked and marked in one short transaction; publishing happens after it commits,
+holding no row locks. A broker that cannot be reached is an error, never an empty queue.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from core.enums import Priority, TaskName, synth_queue
+from core.enums import TaskName
 from core.settings import get_settings
 from core.storage import Storage, get_storage
 from db import jobs as q
@@ -24,38 +28,61 @@ from tasks.send import send_synthesize, send_webhooks
 log = logging.getLogger("voicefarm.maintenance")
 
 
-def queue_size(name: str) -> int:
-    """Messages waiting in a broker queue; a queue the broker doesn't know holds none."""
-    try:
-        with celery_app.pool.acquire(block=True) as conn:
-            return int(conn.default_channel.queue_declare(queue=name, passive=True).message_count)
-    except Exception:
-        return 0
+# Jobs re-published per run at most; the rest wait for the next run (beat, every few seconds).
+REPUBLISH_LIMIT = 500
+
+
+class PublishFailed(RuntimeError):
+    """The broker refused or could not be reached while the reconciler was publishing."""
 
 
 @celery_app.task(name=TaskName.reconcile.value, ignore_result=True)
-def reconcile() -> dict[str, int]:
+def reconcile(limit: int = REPUBLISH_LIMIT) -> dict[str, int]:
     settings = get_settings()
+    # One short transaction picks and marks the rows; no broker I/O happens inside it.
     with session_scope(settings.database_url) as s:
         expired, deliveries = q.requeue_expired_leases(s, settings.public_base_url)
-        # Only where the engine's queue is empty: a job waiting behind a backlog still has its
-        # message, and re-publishing it every grace period would flood the broker.
-        routes = q.stale_routes(s, settings.requeue_grace_seconds)
-        idle = {(e, p) for e, p in routes if queue_size(synth_queue(e, Priority(p))) == 0}
-        stale = q.stale_queued(s, settings.requeue_grace_seconds, idle)
+        stale = q.stale_queued(s, settings.requeue_grace_seconds, limit=limit)
         due = wq.due_deliveries(s, grace_seconds=settings.requeue_grace_seconds)
-        redispatch = expired + stale
-
-        def publish() -> None:
-            for r in redispatch:
-                send_synthesize(r.job_id, r.engine, r.priority)
-            send_webhooks(deliveries + due)
-
-        after_commit(s, publish)
     counts = {"expired": len(expired), "republished": len(stale), "webhooks": len(due)}
+    _publish(settings.database_url, expired + stale, deliveries + due)
     if any(counts.values()):
         log.info("event=maintenance.reconciled %s", " ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
+
+
+def _publish(database_url: str, jobs: list[q.Redispatch], deliveries: list[str]) -> None:
+    """Send the committed work. On the first broker error stop, give the unsent jobs back to the
+    next run (their dispatch mark is cleared), count it and raise: beat runs us again soon."""
+    sent = 0
+    try:
+        for r in jobs:
+            send_synthesize(r.job_id, r.engine, r.priority)
+            sent += 1
+        send_webhooks(deliveries)
+    except Exception as exc:
+        from workers import metrics
+
+        unsent = [r.job_id for r in jobs[sent:]]
+        metrics.RECONCILE_PUBLISH_FAILURES.inc()
+        log.error(
+            "event=maintenance.publish_failed sent=%d unsent_jobs=%d webhooks=%d error=%s: %s",
+            sent,
+            len(unsent),
+            len(deliveries),
+            type(exc).__name__,
+            exc,
+        )
+        try:
+            with session_scope(database_url) as s:
+                q.undispatch(s, unsent)
+        except Exception:
+            # Harmless: those jobs are re-published one grace period later instead.
+            log.warning("event=maintenance.undispatch_failed jobs=%d", len(unsent), exc_info=True)
+        raise PublishFailed(
+            f"broker unreachable: {len(unsent)} jobs and {len(deliveries)} webhook deliveries "
+            f"left for the next run ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _delete_objects(storage: Storage, keys: list[str]) -> None:

@@ -21,6 +21,13 @@ JOB_RTF = Histogram(
 )
 OOM = Counter("voicefarm_worker_oom_total", "CUDA out-of-memory errors caught in tasks", ["engine"])
 GPU_MEMORY = Gauge("voicefarm_gpu_memory_bytes", "GPU memory held by this worker", ["kind"])
+RECONCILE_PUBLISH_FAILURES = Counter(
+    "voicefarm_reconcile_publish_failures_total",
+    "Reconciler runs that could not publish to the broker (the work is left for the next run)",
+)
+ORPHANS_DELETED = Counter(
+    "voicefarm_orphan_objects_deleted_total", "Stored objects no job row points at, deleted"
+)
 
 
 def serve(port: int) -> None:
