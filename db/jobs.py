@@ -295,6 +295,23 @@ def stale_queued(session: Session, grace_seconds: float, limit: int = 500) -> li
     return [Redispatch(r.id, r.engine, r.priority) for r in rows]
 
 
+@dataclass(frozen=True)
+class StoredResult:
+    status: str
+    attempts: int
+    result_key: str | None
+
+
+def stored_results(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, StoredResult]:
+    """What each job row says about its audio (the orphan sweep); rows that are gone are absent."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(Job.id, Job.status, Job.attempts, Job.result_key).where(Job.id.in_(job_ids))
+    ).all()
+    return {r.id: StoredResult(r.status, r.attempts, r.result_key) for r in rows}
+
+
 def undispatch(session: Session, job_ids: list[uuid.UUID]) -> None:
     """Publishing failed: mark still-queued jobs as never dispatched, so the next reconcile
     picks them up at once instead of a grace period later."""

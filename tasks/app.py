@@ -37,6 +37,7 @@ def make_celery() -> Celery:
             TaskName.deliver_webhook.value: {"queue": Queue.webhooks.value},
             TaskName.reconcile.value: {"queue": Queue.maintenance.value},
             TaskName.retention.value: {"queue": Queue.maintenance.value},
+            TaskName.sweep_orphans.value: {"queue": Queue.maintenance.value},
         },
         # Flower and `celery events` see task lifecycle events.
         worker_send_task_events=True,
@@ -48,6 +49,7 @@ def make_celery() -> Celery:
                 "options": {"expires": settings.reconcile_interval_seconds * 2},
             },
             "retention": {"task": TaskName.retention.value, "schedule": 3600.0},
+            "sweep_orphans": {"task": TaskName.sweep_orphans.value, "schedule": 3600.0},
         },
         timezone="UTC",
     )

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
-from core.enums import TaskName
+from core.enums import JobStatus, TaskName
 from core.settings import get_settings
-from core.storage import Storage, get_storage
+from core.storage import Storage, StoredObject, get_storage
 from db import jobs as q
 from db import webhooks as wq
-from db.session import after_commit, session_scope
+from db.session import after_commit, get_sessionmaker, session_scope
 from tasks.app import celery_app
 from tasks.send import send_synthesize, send_webhooks
 
@@ -116,3 +119,83 @@ def retention() -> int:
     if deleted:
         log.info("event=maintenance.retention deleted=%d", deleted)
     return deleted
+
+
+@celery_app.task(name=TaskName.sweep_orphans.value, ignore_result=True)
+def sweep_orphans() -> int:
+    """Delete stored audio that no job row points at: a crash between upload and finish, or a
+    delete that failed after a fence failure, leaves objects retention never finds."""
+    settings = get_settings()
+    # Older than any attempt could still be running: an upload whose finish is about to be
+    # recorded is never taken for an orphan.
+    min_age = settings.lease_seconds + settings.job_deadline_seconds
+    cutoff = datetime.now(UTC) - timedelta(seconds=min_age)
+    return sweep_orphan_objects(get_storage(settings), settings.database_url, cutoff)
+
+
+def sweep_orphan_objects(
+    storage: Storage, database_url: str, cutoff: datetime, batch: int = 500
+) -> int:
+    """Delete objects under `jobs/` last modified before `cutoff` that no row points at."""
+    scanned = deleted = failed = 0
+    chunk: list[StoredObject] = []
+
+    def flush() -> None:
+        nonlocal deleted, failed
+        for key in _orphans(database_url, chunk):
+            try:
+                storage.delete(key)
+                deleted += 1
+            except Exception:
+                failed += 1
+                log.warning("event=maintenance.orphan_delete_failed key=%s", key, exc_info=True)
+        chunk.clear()
+
+    for obj in storage.list_keys("jobs/"):
+        scanned += 1
+        if obj.modified < cutoff:
+            chunk.append(obj)
+            if len(chunk) >= batch:
+                flush()
+    flush()
+    if deleted or failed:
+        from workers import metrics
+
+        metrics.ORPHANS_DELETED.inc(deleted)
+        log.info(
+            "event=maintenance.orphans_swept scanned=%d deleted=%d failed=%d",
+            scanned,
+            deleted,
+            failed,
+        )
+    return deleted
+
+
+def _job_id(key: str) -> uuid.UUID | None:
+    """`jobs/<job_id>/<attempt>.<ext>` -> job_id; None for a key of any other shape."""
+    parts = key.split("/")
+    if len(parts) != 3:
+        return None
+    try:
+        return uuid.UUID(parts[1])
+    except ValueError:
+        return None
+
+
+def _orphans(database_url: str, objects: Iterable[StoredObject]) -> list[str]:
+    objects = list(objects)
+    ids = {i for o in objects if (i := _job_id(o.key)) is not None}
+    with get_sessionmaker(database_url)() as s:
+        rows = q.stored_results(s, list(ids))
+    orphans = []
+    for obj in objects:
+        job_id = _job_id(obj.key)
+        row = rows.get(job_id) if job_id else None
+        if row is not None and row.result_key == obj.key:
+            continue
+        # The running attempt's own upload, its finish not yet recorded: never an orphan.
+        running = row is not None and row.status == JobStatus.running.value
+        if running and row and obj.key.startswith(f"jobs/{job_id}/{row.attempts}."):
+            continue
+        orphans.append(obj.key)
+    return orphans

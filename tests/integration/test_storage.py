@@ -103,3 +103,57 @@ def test_job_audio_lands_in_s3_and_the_api_redirects_to_it(
     finally:
         proc.stop()
         get_settings.cache_clear()
+
+
+def _big_file(path: Path, size: int) -> str:
+    import hashlib
+
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_file_put_file_copies_atomically(tmp_path: Path) -> None:
+    import hashlib
+
+    storage = FileStorage(tmp_path / "store")
+    src = tmp_path / "audio.wav"
+    digest = _big_file(src, 3 * 1024 * 1024 + 7)
+    storage.put_file("jobs/a/1.wav", src, "audio/wav")
+    assert src.exists()  # the caller owns (and removes) its temporary file
+    stored = b"".join(storage.iter_bytes("jobs/a/1.wav"))
+    assert hashlib.sha256(stored).hexdigest() == digest
+    assert [p.name for p in (tmp_path / "store" / "jobs" / "a").iterdir()] == ["1.wav"]
+    with pytest.raises(StorageError):
+        storage.put_file("../escape.wav", src, "audio/wav")
+
+
+def test_s3_put_file_uploads_large_files_in_parts(s3_endpoint: str, tmp_path: Path) -> None:
+    import hashlib
+
+    from boto3.s3.transfer import TransferConfig
+
+    storage = _s3(s3_endpoint, f"{TEST_BUCKET_PREFIX}-{uuid.uuid4().hex[:8]}")
+    mib = 1024 * 1024
+    # S3's smallest part is 5 MiB; the production threshold is 8 MiB.
+    storage.transfer = TransferConfig(multipart_threshold=5 * mib, multipart_chunksize=5 * mib)
+    src = tmp_path / "long.wav"
+    digest = _big_file(src, 11 * mib)
+    storage.put_file("jobs/b/1.wav", src, "audio/wav")
+    head = storage.client.head_object(Bucket=storage.bucket, Key="jobs/b/1.wav")
+    assert head["ETag"].strip('"').endswith("-3")  # three parts
+    assert head["ContentType"] == "audio/wav" and head["ContentLength"] == 11 * mib
+    stored = b"".join(storage.iter_bytes("jobs/b/1.wav", chunk=mib))
+    assert hashlib.sha256(stored).hexdigest() == digest
+    small = tmp_path / "short.wav"
+    _big_file(small, 1000)
+    storage.put_file("jobs/b/2.wav", small, "audio/wav")  # below the threshold: one PUT
+    assert storage.exists("jobs/b/2.wav")
+
+
+def test_s3_put_file_to_an_unreachable_endpoint_is_a_storage_error(tmp_path: Path) -> None:
+    storage = _s3("http://127.0.0.1:1", f"{TEST_BUCKET_PREFIX}-down")
+    src = tmp_path / "a.wav"
+    src.write_bytes(b"RIFF")
+    with pytest.raises(StorageError):
+        storage.put_file("jobs/c/1.wav", src, "audio/wav")
