@@ -28,6 +28,7 @@ class TaskName(StrEnum):
     deliver_webhook = "webhooks.deliver"
     reconcile = "maintenance.reconcile"
     retention = "maintenance.retention"
+    sweep_orphans = "maintenance.sweep_orphans"
 
 
 class Queue(StrEnum):
