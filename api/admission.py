@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from typing import Any
+
+from pydantic import BaseModel
 
 from api.schemas import JobCreate
 from core.engines import catalog
@@ -29,8 +33,42 @@ def request_hash(body: JobCreate) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+def _bad_value(value: Any, path: str) -> tuple[str, str] | None:
+    """(field path, problem) for the first value PostgreSQL could not store: a string with a
+    lone UTF-16 surrogate (JSON allows `"\\ud800"`, UTF-8 does not) or a number that is not
+    finite (`NaN`, `Infinity`, `1e999`)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path, "contains a lone surrogate (invalid Unicode)"
+    elif isinstance(value, float) and not math.isfinite(value):
+        return path, "must be a finite number"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _bad_value(key, path) or _bad_value(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _bad_value(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def check_storable(body: BaseModel) -> None:
+    """Refuse with a 422 any field PostgreSQL would refuse with an error (a 500 otherwise)."""
+    for name in type(body).model_fields:
+        found = _bad_value(getattr(body, name), name)
+        if found:
+            field, problem = found
+            raise ValidationFailed(f"{field} {problem}", field=field.split(".")[0])
+
+
 def admit(body: JobCreate, settings: Settings) -> Job:
     """Validate `body` against settings and engine capabilities; return an unsaved Job."""
+    check_storable(body)
     text = normalize(body.text)
     if len(text) > settings.max_text_chars:
         raise TextTooLong(

@@ -15,10 +15,13 @@ from core.settings import get_settings
 
 
 @asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     configure_logging(settings.log_level)
     yield
+    waiter = getattr(app.state, "waiter", None)
+    if waiter is not None:
+        await waiter.close()
 
 
 def create_app() -> FastAPI:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -16,6 +16,12 @@ from db.session import get_sessionmaker
 REGISTRY = CollectorRegistry()
 JOBS_SUBMITTED = Counter(
     "voicefarm_jobs_submitted_total", "Jobs accepted by the API", ["engine"], registry=REGISTRY
+)
+PREDICT_WAITING = Gauge(
+    "voicefarm_predict_waiting", "/api/predict calls waiting for their job", registry=REGISTRY
+)
+PREDICT_REFUSED = Counter(
+    "voicefarm_predict_refused_total", "/api/predict calls refused with 429", registry=REGISTRY
 )
 
 

@@ -15,6 +15,7 @@ class JobCreate(BaseModel):
 
     text: str = Field(
         ...,
+        min_length=1,
         description="Text to speak. ARPAbet markup like `[M][AY0][N][UW1][T]` fixes English "
         "pronunciation; pinyin like `她[h][ào]干净` fixes Chinese polyphones (engines that "
         "support it).",

@@ -13,14 +13,15 @@ from core.errors import IdempotencyConflict
 from core.settings import Settings
 from db import jobs as q
 from db.models import Job
-from db.session import after_commit, commit, rollback
+from db.session import after_commit, rollback
 from tasks.send import send_synthesize, send_webhooks
 
 
 def submit(
     session: Session, settings: Settings, body: JobCreate, idempotency_key: str | None = None
 ) -> tuple[Job, bool]:
-    """(job, replayed). The row is committed before its message is sent (house rule 2)."""
+    """(job, replayed). Only flushes: the request boundary commits, and the message is sent
+    after that commit (house rule 2), or never when it rolls back."""
     digest = request_hash(body)
     if idempotency_key:
         existing = q.find_by_idempotency_key(session, idempotency_key)
@@ -40,8 +41,7 @@ def submit(
         return _replay(existing, digest), True
     after_commit(session, lambda: send_synthesize(job.id, job.engine, job.priority))
     after_commit(session, lambda: send_webhooks(deliveries))
-    commit(session)
-    JOBS_SUBMITTED.labels(job.engine).inc()
+    after_commit(session, lambda: JOBS_SUBMITTED.labels(job.engine).inc())
     return job, False
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from workers.supervisor import ChildSpec
 
 
 def _check_redis(settings: Settings) -> str | None:
@@ -53,12 +58,30 @@ def _count_restart(settings: Settings) -> Callable[[str, str], None]:
 
     restarts = Counter("voicefarm_worker_restarts_total", "Worker restarts", ["worker", "reason"])
     if settings.supervisor_metrics_port:  # 0: off
-        start_http_server(settings.supervisor_metrics_port)
+        start_http_server(settings.supervisor_metrics_port, addr=settings.metrics_host)
 
     def on_restart(worker: str, reason: str) -> None:
         restarts.labels(worker, reason).inc()
 
     return on_restart
+
+
+def flower_spec(settings: Settings, state: Path) -> ChildSpec:
+    """Flower with basic auth. The credentials travel in Flower's own FLOWER_BASIC_AUTH
+    variable, never on the command line, where `ps` shows them to every local user."""
+    from workers.supervisor import ChildSpec, celery_argv
+
+    return ChildSpec(
+        "flower",
+        celery_argv(
+            "flower",
+            f"--port={settings.flower_port}",
+            f"--address={settings.flower_address}",
+            "--persistent=True",
+            f"--db={state / 'flower.db'}",
+        ),
+        env={"FLOWER_BASIC_AUTH": settings.flower_basic_auth.get_secret_value()},
+    )
 
 
 def run_farm() -> int:
@@ -99,17 +122,7 @@ def run_farm() -> int:
                 "beat", "--loglevel", settings.log_level, "-s", str(state / "celerybeat-schedule")
             ),
         ),
-        ChildSpec(
-            "flower",
-            celery_argv(
-                "flower",
-                f"--port={settings.flower_port}",
-                "--address=127.0.0.1",
-                f"--basic-auth={settings.flower_basic_auth.get_secret_value()}",
-                "--persistent=True",
-                f"--db={state / 'flower.db'}",
-            ),
-        ),
+        flower_spec(settings, state),
     ]
     log.info(
         "event=farm.start api=http://%s:%d flower=http://127.0.0.1:%d",

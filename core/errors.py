@@ -11,10 +11,17 @@ class VoicefarmError(Exception):
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        # Seconds; sent as `Retry-After` (503 and 429 answers carry one).
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
     def to_body(self) -> dict[str, dict[str, str]]:
         err = {"code": self.code, "message": self.message}
@@ -111,6 +118,11 @@ class InvalidCursor(VoicefarmError):
 class ServiceUnavailable(VoicefarmError):
     status_code = 503
     code = "service_unavailable"
+
+
+class TooManyWaiting(VoicefarmError):
+    status_code = 429
+    code = "too_many_waiting"
 
 
 class StorageError(VoicefarmError):

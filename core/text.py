@@ -8,6 +8,7 @@ brackets is an error the client can fix, reported with its position.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -130,15 +131,37 @@ def markup_kinds(text: str) -> set[MarkupKind]:
     return {run.kind for run in parse_markup(text)}
 
 
+# Invisible characters that `str.split()` does not treat as space: zero-width space/joiners,
+# word joiner, BOM. They are dropped where they stand alone (never inside a word: ZWJ and ZWNJ
+# shape Indic and Persian words and emoji).
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+
+
 def normalize(text: str) -> str:
-    """Collapse runs of spaces and trim; keep newlines as sentence breaks."""
+    """Collapse runs of spaces and trim; keep newlines as sentence breaks. Refuse text with
+    nothing to say: only whitespace, invisible characters, punctuation, symbols or combining
+    marks, which an engine turns into zero frames of audio."""
     if "\x00" in text:
         raise MarkupInvalid("text contains a NUL character", field="text")
+    text = text.replace("\ufeff", "")  # a byte-order mark is an encoding artifact, not text
     lines = [" ".join(line.split()) for line in text.replace("\r\n", "\n").split("\n")]
-    out = "\n".join(line for line in lines if line)
-    if not out:
+    out = "\n".join(line for line in lines if line.strip(_INVISIBLE))
+    if not out.strip(_INVISIBLE + " \n"):
         raise TextEmpty("text is empty after trimming whitespace", field="text")
+    if not is_speakable(out):
+        raise TextEmpty(
+            "text has nothing to speak: it needs at least one letter, digit or markup run, not "
+            "only punctuation, symbols, combining marks or invisible characters",
+            field="text",
+        )
     return out
+
+
+def is_speakable(text: str) -> bool:
+    """At least one letter or digit outside markup, or one markup run (it is pronounced)."""
+    if _RUN_RE.search(text):
+        return True
+    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
 
 
 def split_segments(text: str, max_chars: int) -> list[str]:

@@ -46,9 +46,34 @@ def retry_delay(schedule: tuple[float, ...], attempt: int, jitter: float) -> flo
     return max(0.0, base * (1 + random.uniform(-jitter, jitter)))
 
 
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries and a router or the kernel may deliver to:
+    IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), NAT64 (RFC 6052, 64:ff9b::/96 and
+    the local-use 64:ff9b:1::/48), 6to4 (2002:aabb:ccdd::) and Teredo (2001:0::/32)."""
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]
+    value = int(ip)
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    if value >> 32 == 0 and value > 1:  # ::a.b.c.d (not :: or ::1, which are v6 themselves)
+        return ipaddress.IPv4Address(value)
+    return None
+
+
 def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            # Decide on the IPv4 address the packet really goes to (a NAT64 prefix is "global"
+            # to the ipaddress module, 169.254.169.254 behind it is not).
+            return _is_public(inner)
     return ip.is_global and not ip.is_multicast
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
@@ -332,11 +332,16 @@ def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The position a cursor names, as an aware UTC time: a hand-made cursor with no offset or
+    one PostgreSQL cannot read (`+23:00`) is refused or normalised here, never sent to SQL."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, _, jid = raw.partition("|")
-        return datetime.fromisoformat(ts), uuid.UUID(jid)
-    except (ValueError, UnicodeDecodeError) as exc:
+        when = datetime.fromisoformat(ts)
+        if when.tzinfo is None:
+            raise ValueError("cursor time has no offset")
+        return when.astimezone(UTC), uuid.UUID(jid)
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise InvalidCursor("cursor is not one this API returned") from exc
 
 

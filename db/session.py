@@ -21,7 +21,17 @@ log = logging.getLogger("voicefarm.db")
 @lru_cache
 def get_engine(url: str) -> Engine:
     # Created lazily per process (house rule 5); pool_pre_ping survives a PostgreSQL restart.
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, future=True)
+    # Bounded waits: a dead or unreachable server, or an exhausted pool, must become a quick
+    # error (503 from the API) rather than a request hanging for minutes.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        pool_timeout=10,
+        connect_args={"connect_timeout": 5},
+        future=True,
+    )
 
 
 def get_sessionmaker(url: str) -> sessionmaker[Session]:

@@ -30,5 +30,5 @@ ORPHANS_DELETED = Counter(
 )
 
 
-def serve(port: int) -> None:
-    start_http_server(port, addr="0.0.0.0")
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    start_http_server(port, addr=host)

@@ -4,31 +4,42 @@
     -> {"data": ["<audio url>"], "job_id": "...", "duration": 1.9}
 
 data = [mode, prompt audio, text, instruction]. It submits an ordinary job and waits for it
-(up to VOICEFARM_PREDICT_TIMEOUT_SECONDS); past that it answers 202 with the job to poll. New
-clients should use /v1/jobs, which never holds a connection open.
+(up to VOICEFARM_PREDICT_TIMEOUT_SECONDS); past that it answers 202 with the job to poll. The
+wait holds no thread and no database connection (api/waiter.py), ends when the client goes
+away (the job itself carries on), and at most VOICEFARM_PREDICT_MAX_WAITING calls wait at once
+per API process: past that, 429 with Retry-After. New clients should use /v1/jobs.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from pydantic import ValidationError as PydanticValidationError
 
-from api.deps import SessionDep, SettingsDep
-from api.errors import responses
+from api.deps import SettingsDep, WaiterDep
+from api.errors import responses, validation_error
 from api.schemas import JobCreate
 from api.submit import submit
 from core.engines import catalog
 from core.enums import JobStatus
-from core.errors import UnsupportedMode, ValidationFailed
+from core.errors import (
+    IdempotencyConflict,
+    MarkupInvalid,
+    ServiceUnavailable,
+    TextEmpty,
+    TextTooLong,
+    TooManyWaiting,
+    UnsupportedMode,
+    ValidationFailed,
+)
 from core.settings import Settings
 from db import jobs as q
-from db.models import Job
+from db.session import session_scope
 from db.views import job_view
 
 router = APIRouter(tags=["compat"])
@@ -64,11 +75,54 @@ def _engine_for(mode: str, settings: Settings) -> str:
     "/api/predict",
     responses={
         202: {"description": "Still running: poll `links.self`"},
-        **responses(UnsupportedMode, ValidationFailed),
+        **responses(
+            UnsupportedMode,
+            ValidationFailed,
+            TextEmpty,
+            TextTooLong,
+            MarkupInvalid,
+            IdempotencyConflict,
+            TooManyWaiting,
+            ServiceUnavailable,
+        ),
     },
 )
-def predict(body: PredictIn, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+async def predict(
+    body: PredictIn, request: Request, settings: SettingsDep, waiter: WaiterDep
+) -> JSONResponse:
     """Gradio-style synchronous call: submits a job and waits for its audio URL."""
+    job_in = _job_request(body, settings)
+    async with waiter.slot():
+        job_id = await run_in_threadpool(_submit, settings, job_in)
+        await waiter.wait(job_id, settings.predict_timeout_seconds, request.is_disconnected)
+    view = await run_in_threadpool(_view, settings, job_id)
+    if view["status"] == JobStatus.succeeded:
+        result = view["result"]
+        return JSONResponse(
+            {
+                "data": [result["url"]],
+                "job_id": view["id"],
+                "duration": result["duration_s"],
+                "is_generating": False,
+            }
+        )
+    if not JobStatus(view["status"]).is_terminal():
+        return JSONResponse(
+            {"data": [None], "job_id": view["id"], "is_generating": True, "links": view["links"]},
+            status_code=202,
+        )
+    # A failed job is data, not an HTTP error.
+    return JSONResponse(
+        {
+            "data": [None],
+            "job_id": view["id"],
+            "is_generating": False,
+            "error": view["error"] or {"code": view["status"], "message": view["status"]},
+        }
+    )
+
+
+def _job_request(body: PredictIn, settings: Settings) -> JobCreate:
     mode, prompt_audio, text = body.data[0], body.data[1], body.data[2]
     instruction = body.data[3] if len(body.data) > 3 else None
     if not isinstance(mode, str) or not isinstance(text, str):
@@ -80,43 +134,23 @@ def predict(body: PredictIn, session: SessionDep, settings: SettingsDep) -> JSON
         )
     if instruction is not None and not isinstance(instruction, str):
         raise ValidationFailed("the instruction (data[3]) must be text", field="data")
-    job_in = JobCreate(
-        text=text,
-        engine=_engine_for(mode, settings),
-        instruction=(instruction or None) if mode in INSTRUCT_MODES else None,
-    )
-    job, _ = submit(session, settings, job_in)
-    job_id: uuid.UUID = job.id
-    deadline = time.monotonic() + settings.predict_timeout_seconds
-    while time.monotonic() < deadline:
-        status = session.scalar(select(Job.status).where(Job.id == job_id))
-        session.rollback()  # hold no transaction while waiting
-        if status is None or JobStatus(status).is_terminal():
-            break
-        time.sleep(0.2)
-    job = q.get_job(session, job_id)
-    view = job_view(job, settings.public_base_url)
-    if job.status == JobStatus.succeeded:
-        result = view["result"]
-        return JSONResponse(
-            {
-                "data": [result["url"]],
-                "job_id": view["id"],
-                "duration": result["duration_s"],
-                "is_generating": False,
-            }
+    try:
+        return JobCreate(
+            text=text,
+            engine=_engine_for(mode, settings),
+            instruction=(instruction or None) if mode in INSTRUCT_MODES else None,
         )
-    if not JobStatus(job.status).is_terminal():
-        return JSONResponse(
-            {"data": [None], "job_id": view["id"], "is_generating": True, "links": view["links"]},
-            status_code=202,
-        )
-    # A failed job is data, not an HTTP error.
-    return JSONResponse(
-        {
-            "data": [None],
-            "job_id": view["id"],
-            "is_generating": False,
-            "error": view["error"] or {"code": job.status, "message": job.status},
-        }
-    )
+    except PydanticValidationError as exc:
+        raise validation_error(exc.errors()) from None
+
+
+def _submit(settings: Settings, job_in: JobCreate) -> uuid.UUID:
+    with session_scope(settings.database_url) as session:
+        job, _ = submit(session, settings, job_in)
+        job_id: uuid.UUID = job.id
+    return job_id
+
+
+def _view(settings: Settings, job_id: uuid.UUID) -> dict[str, Any]:
+    with session_scope(settings.database_url) as session:
+        return job_view(q.get_job(session, job_id), settings.public_base_url)

@@ -36,7 +36,7 @@ from core.errors import (
 from db import jobs as q
 from db import webhooks as wq
 from db.models import Job
-from db.session import after_commit, commit
+from db.session import after_commit
 from db.views import job_view
 from tasks.send import send_webhooks
 
@@ -109,9 +109,7 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) ->
     """Cancel a queued or running job; a running one stops at its next segment."""
     job, deliveries = q.cancel_job(session, job_id, settings.public_base_url)
     after_commit(session, lambda: send_webhooks(deliveries))
-    out = _out(job, settings.public_base_url)
-    commit(session)
-    return out
+    return _out(job, settings.public_base_url)
 
 
 @router.get(

@@ -99,3 +99,27 @@ def test_halve_leaves_an_uncuttable_text_whole() -> None:
     assert halve("a") == ["a"]
     assert halve("她[h][ào]") == ["她[h][ào]"]
     assert halve("[M][AY0][N][UW1][T]") == ["[M][AY0][N][UW1][T]"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\u200b\u200b", "\ufeff", "...", "\u0301\u0302", "\u200d \u2060", "?!…", "—", "\ufeff\n\u200b"],
+)
+def test_text_with_nothing_to_speak_is_empty(text: str) -> None:
+    with pytest.raises(TextEmpty):
+        normalize(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\ufeffHello", "Hello"),
+        ("a\u200db", "a\u200db"),  # ZWJ inside a word is kept
+        ("42", "42"),
+        ("[M][AY0]", "[M][AY0]"),
+        ("她[h][ào]干净", "她[h][ào]干净"),
+        ("\u200b\nHi", "Hi"),
+    ],
+)
+def test_speakable_text_is_kept(text: str, expected: str) -> None:
+    assert normalize(text) == expected

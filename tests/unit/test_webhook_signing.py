@@ -54,6 +54,14 @@ def test_retry_after_seconds_and_http_date() -> None:
         "http://[::1]/",
         "http://[::ffff:127.0.0.1]/",
         "http://metadata.internal/",
+        # IPv6 addresses that carry an IPv4 one: decided on the IPv4 address inside.
+        "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of 169.254.169.254
+        "http://[64:ff9b:1::a00:1]/",  # local-use NAT64 of 10.0.0.1
+        "http://[2002:a9fe:a9fe::]/",  # 6to4 of 169.254.169.254
+        "http://[2002:7f00:1::1]/",  # 6to4 of 127.0.0.1
+        "http://[::127.0.0.1]/",  # IPv4-compatible
+        "http://[::a9fe:a9fe]/",
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",  # Teredo
     ],
 )
 def test_private_targets_are_refused_by_default(url: str) -> None:
@@ -110,3 +118,11 @@ def test_pinned_request_sends_idn_hosts_in_ascii() -> None:
     assert url == "https://93.184.216.34:8443/h"
     assert headers == {"host": "xn--bcher-kva.example:8443"}
     assert ext == {"sni_hostname": "xn--bcher-kva.example"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[64:ff9b::808:808]/hook", "http://[2002:808:808::1]/", "http://[2606:4700::1111]/"],
+)
+def test_ipv6_with_a_public_ipv4_inside_is_allowed(url: str) -> None:
+    assert check_webhook_url(url, allow_private=False) == url
