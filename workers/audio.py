@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import tempfile
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,45 @@ def resample(audio: Audio, rate: int) -> Audio:
         spectrum = np.concatenate([spectrum, np.zeros(keep - len(spectrum), dtype=complex)])
     out = np.fft.irfft(spectrum, n=n_out) * (n_out / len(audio.samples))
     return Audio(np.clip(out, -1.0, 1.0).astype(np.float32), rate)
+
+
+class Resampler:
+    """Band-limited rational resampling (Kaiser-windowed sinc, polyphase) in fixed-size blocks.
+
+    Memory is a few MiB whatever the length; an FFT of each segment would also cache one plan per
+    distinct length inside numpy, which grows the process by tens of MiB on long jobs.
+    """
+
+    ZERO_CROSSINGS = 16
+    ROLLOFF = 0.945  # cutoff, as a fraction of the lower Nyquist frequency
+    KAISER_BETA = 8.6
+    BLOCK = 8192  # output samples per step
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        g = math.gcd(rate_in, rate_out)
+        self.up, self.down = rate_out // g, rate_in // g
+        cutoff = self.ROLLOFF * min(1.0, self.up / self.down)  # of the input Nyquist
+        self.half = math.ceil(self.ZERO_CROSSINGS / cutoff)  # taps each side, input samples
+        self.offsets = np.arange(-self.half + 1, self.half + 1)
+        # Output k sits at input time k*down/up; its fractional part repeats every `up` outputs.
+        phases = (np.arange(self.up) * self.down % self.up) / self.up
+        x = phases[:, None] - self.offsets[None, :]
+        taper = np.sqrt(np.clip(1.0 - (x / self.half) ** 2, 0.0, None))
+        table = cutoff * np.sinc(cutoff * x) * np.i0(self.KAISER_BETA * taper)
+        self.table = (table / table.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def output_length(self, n: int) -> int:
+        return max(1, round(n * self.up / self.down)) if n else 0
+
+    def blocks(self, samples: np.ndarray) -> Iterator[np.ndarray]:
+        """The resampled signal, block by block (silence assumed before and after it)."""
+        n_out = self.output_length(len(samples))
+        pad = np.zeros(self.half + 1, dtype=np.float32)
+        padded = np.concatenate([pad, samples.astype(np.float32, copy=False), pad])
+        for start in range(0, n_out, self.BLOCK):
+            k = np.arange(start, min(start + self.BLOCK, n_out))
+            idx = ((k * self.down) // self.up + self.half + 1)[:, None] + self.offsets[None, :]
+            yield np.einsum("ij,ij->i", padded[idx], self.table[k % self.up])
 
 
 def encode_wav(audio: Audio) -> bytes:
@@ -107,7 +148,7 @@ class EncodedFile:
 class WavFileWriter:
     """16-bit PCM mono WAV written to disk part by part, so memory stays one segment deep.
 
-    Each part is resampled on its own (band-limited FFT of that part only) and separated from the
+    Each part is resampled on its own (`Resampler`, block by block) and separated from the
     previous one by a silent gap, as `join` does. Loudness is tracked as parts arrive, so a job
     whose audio is empty or silent is caught without reading the file back. The WAV header's
     sizes are patched when the file is finished.
@@ -123,6 +164,7 @@ class WavFileWriter:
         self._sum_squares = 0.0
         self._file = path.open("wb")
         self._wav: wave.Wave_write | None = None
+        self._resamplers: dict[int, Resampler] = {}
 
     @classmethod
     def temporary(cls, fmt: str, sample_rate: int | None = None) -> WavFileWriter:
@@ -152,14 +194,21 @@ class WavFileWriter:
     def add(self, part: Audio) -> None:
         wav = self._open(self.sample_rate or part.sample_rate)
         rate = wav.getframerate()
-        if part.sample_rate != rate:
-            part = resample(part, rate)
         if self.parts:
             gap = int(rate * self.gap_s)
             wav.writeframesraw(bytes(2 * gap))
             self.frames += gap
         self.parts += 1
         samples = part.samples.astype(np.float32, copy=False)
+        if part.sample_rate == rate:
+            self._write(wav, samples)
+        else:
+            if part.sample_rate not in self._resamplers:
+                self._resamplers[part.sample_rate] = Resampler(part.sample_rate, rate)
+            for block in self._resamplers[part.sample_rate].blocks(samples):
+                self._write(wav, block)
+
+    def _write(self, wav: wave.Wave_write, samples: np.ndarray) -> None:
         if not len(samples):
             return
         self.peak = max(self.peak, float(np.max(np.abs(samples))))

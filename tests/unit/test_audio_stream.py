@@ -75,3 +75,21 @@ def test_temporary_writer_removes_its_file(tmp_path: Path) -> None:
     assert not failing.path.exists()
     with pytest.raises(ValueError):
         WavFileWriter.temporary("mp3")
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out"), [(22050, 16000), (22050, 8000), (16000, 24000)])
+def test_block_resampler_is_accurate_below_nyquist_and_stops_aliases(
+    rate_in: int, rate_out: int
+) -> None:
+    from workers.audio import Resampler
+
+    r = Resampler(rate_in, rate_out)
+    tone = _sine(440, rate_in, 2.0)
+    out = np.concatenate(list(r.blocks(tone.samples)))
+    assert len(out) == r.output_length(len(tone.samples)) == round(2.0 * rate_out)
+    t = np.arange(len(out)) / rate_out
+    inner = slice(rate_out // 10, -rate_out // 10)  # away from the edges
+    assert np.max(np.abs(out[inner] - 0.5 * np.sin(2 * np.pi * 440 * t[inner]))) < 2e-3
+    if rate_out < rate_in:  # a tone above the output's Nyquist must not fold back in
+        alias = np.concatenate(list(r.blocks(_sine(0.56 * rate_out, rate_in, 1.0).samples)))
+        assert np.sqrt(np.mean(alias[inner] ** 2)) < 1e-3
