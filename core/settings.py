@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     gpus: str | None = None  # "0,1,3"; default: every GPU nvidia-smi lists
     cpu_workers: int = Field(1, ge=1)
     worker_hang_seconds: float = Field(180.0, gt=0)
+    # How often an idle worker beats (from its consuming loop); the hang limit spans 3+ beats.
+    worker_heartbeat_seconds: float = Field(10.0, gt=0)
+    # From a worker process's start to its first heartbeat (interpreter and Celery start-up).
+    worker_startup_grace_seconds: float = Field(120.0, gt=0)
+    # The longest one engine may take to load before the supervisor calls the worker hung.
+    worker_load_timeout_seconds: float = Field(600.0, gt=0)
     worker_state_dir: Path = Path("var/run")
     # Set by the supervisor on each child it starts:
     worker_engines: str = ""  # engines this process loads and serves, "piper,cosyvoice"
@@ -98,6 +104,9 @@ class Settings(BaseSettings):
     # A local CosyVoice 2/3 model directory; the official code must be importable (PYTHONPATH).
     cosyvoice_model_dir: Path | None = None
     segment_max_chars: int = Field(400, ge=20)
+    # Slowest expected synthesis per character: a segment may run WORKER_HANG_SECONDS plus this
+    # much per character (within the job deadline) before its worker counts as hung.
+    segment_seconds_per_char: float = Field(0.2, gt=0)
 
     # Storage
     storage_backend: StorageBackend = StorageBackend.file
@@ -143,6 +152,45 @@ class Settings(BaseSettings):
             raise ValueError(
                 "VOICEFARM_WEBHOOK_SECRET must look like whsec_<base64 of 16+ random bytes>"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _timings_agree(self) -> Settings:
+        """The worker timing settings only work together; refuse a set that cannot."""
+        full_segment = self.segment_max_chars * self.segment_seconds_per_char
+        checks = [
+            (
+                self.visibility_timeout_seconds
+                > self.job_deadline_seconds + self.worker_hang_seconds,
+                f"VOICEFARM_VISIBILITY_TIMEOUT_SECONDS={self.visibility_timeout_seconds} must "
+                f"exceed VOICEFARM_JOB_DEADLINE_SECONDS={self.job_deadline_seconds:g} + "
+                f"VOICEFARM_WORKER_HANG_SECONDS={self.worker_hang_seconds:g}: Redis hands a "
+                "message that is unacknowledged for longer to a second worker while the first "
+                "still runs the job",
+            ),
+            (
+                self.lease_seconds >= self.reconcile_interval_seconds,
+                f"VOICEFARM_LEASE_SECONDS={self.lease_seconds:g} must be at least "
+                f"VOICEFARM_RECONCILE_INTERVAL_SECONDS={self.reconcile_interval_seconds:g}: "
+                "the reconciler looks for expired leases only that often",
+            ),
+            (
+                self.worker_hang_seconds >= 3 * self.worker_heartbeat_seconds,
+                f"VOICEFARM_WORKER_HANG_SECONDS={self.worker_hang_seconds:g} must be at least "
+                f"3 x VOICEFARM_WORKER_HEARTBEAT_SECONDS={self.worker_heartbeat_seconds:g}: "
+                "an idle worker would look hung between two beats",
+            ),
+            (
+                full_segment < self.job_deadline_seconds,
+                f"a full segment (VOICEFARM_SEGMENT_MAX_CHARS={self.segment_max_chars} x "
+                f"VOICEFARM_SEGMENT_SECONDS_PER_CHAR={self.segment_seconds_per_char:g} = "
+                f"{full_segment:g} s) must fit in VOICEFARM_JOB_DEADLINE_SECONDS="
+                f"{self.job_deadline_seconds:g}: lower the segment size or raise the deadline",
+            ),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ValueError("timing settings disagree: " + "; ".join(problems))
         return self
 
 

@@ -8,6 +8,7 @@ while the consumer is wedged after a broker reconnect (DESIGN: known traps).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import bootsteps
@@ -25,6 +26,11 @@ def _start_runtime(sender: Any = None, **_: Any) -> None:
     configure_logging(settings.log_level)
     if not settings.worker_engines:
         return  # an ops worker (webhooks, maintenance): no engine to load
+    from workers import heartbeat
+
+    # Importing the engines (torch) can be slow too: covered by the load timeout from here on.
+    busy_until = time.monotonic() + settings.worker_load_timeout_seconds
+    heartbeat.write(settings.worker_heartbeat_file, "loading", busy_until=busy_until)
     from workers import metrics, runtime
 
     hostname = getattr(sender, "hostname", None)
@@ -39,7 +45,10 @@ def _stop(**_: Any) -> None:
 
 
 class HeartbeatStep(bootsteps.StartStopStep):
-    """Touch the heartbeat file from the worker's own timer (runs on the consuming loop)."""
+    """Touch the heartbeat file from the worker's own timer (runs on the consuming loop).
+
+    Every supervised worker has one: synthesis workers and the ops worker alike. It needs no
+    engine runtime, only the file the supervisor named (workers/heartbeat.py)."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -49,12 +58,15 @@ class HeartbeatStep(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         settings = get_settings()
-        if not (settings.worker_engines and settings.worker_heartbeat_file):
+        path = settings.worker_heartbeat_file
+        if path is None:
             return
-        from workers import runtime
+        from workers import heartbeat
 
-        interval = max(1.0, min(10.0, settings.worker_hang_seconds / 6))
-        self.tref = parent.timer.call_repeatedly(interval, lambda: runtime.current().beat())
+        heartbeat.write(path)
+        self.tref = parent.timer.call_repeatedly(
+            settings.worker_heartbeat_seconds, lambda: heartbeat.write(path)
+        )
 
     def stop(self, parent: Any) -> None:
         if self.tref is not None:

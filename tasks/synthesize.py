@@ -243,7 +243,7 @@ def _synthesize_and_store(
     settings = rt.settings
     engine = rt.engine(inp.engine)
     segments = split_segments(inp.text, settings.segment_max_chars)
-    _beat(rt, claim, keeper, done=0, total=len(segments), started=t0)
+    _beat(rt, claim, keeper, done=0, total=len(segments), started=t0, segments=segments)
     synth_seconds = 0.0
     for i, segment in enumerate(segments):
         if time.perf_counter() - t0 > settings.job_deadline_seconds:
@@ -258,7 +258,7 @@ def _synthesize_and_store(
         s0 = time.perf_counter()
         writer.add_all(_synthesize_segment(engine, segment, inp))
         synth_seconds += time.perf_counter() - s0
-        _beat(rt, claim, keeper, done=i + 1, total=len(segments), started=t0)
+        _beat(rt, claim, keeper, done=i + 1, total=len(segments), started=t0, segments=segments)
 
     silence = writer.silence()
     if silence is not None:
@@ -342,10 +342,21 @@ def _beat(
     done: int,
     total: int,
     started: float,
+    segments: list[str],
 ) -> None:
-    # The supervisor reads wall-clock times; `started` is this process's perf_counter.
-    rt.beat(str(claim.job_id), time.time() - (time.perf_counter() - started))
     settings = rt.settings
+    # The heartbeat is in `time.monotonic()` (host-wide; `started` is this process's
+    # perf_counter). Before each segment it says how long the segment may take: the hang limit
+    # plus its length at the slowest expected rate, never past the job deadline, so a long
+    # segment is not killed as a hang and a wedged one still is.
+    now = time.monotonic()
+    job_started = now - (time.perf_counter() - started)
+    busy_until = None
+    if done < len(segments):
+        per_char = settings.segment_seconds_per_char
+        budget = settings.worker_hang_seconds + len(segments[done]) * per_char
+        busy_until = min(now + budget, job_started + settings.job_deadline_seconds)
+    rt.beat(str(claim.job_id), job_started, phase="segment", busy_until=busy_until)
     with session_scope(settings.database_url) as s:
         alive = q.heartbeat(
             s, claim, settings.lease_seconds, segments_done=done, segments_total=total

@@ -6,7 +6,6 @@ never in a parent that forks; handed to every task through `current()`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from core.settings import Settings
 from workers import device as devices
+from workers import heartbeat
 from workers.engines.base import Engine
 from workers.engines.registry import create_engine
 
@@ -40,13 +40,23 @@ class Runtime:
             raise LookupError(f"this worker serves {sorted(self.engines)}, not {name!r}")
         return engine
 
-    def beat(self, job_id: str | None = None, job_started: float | None = None) -> None:
-        """Tell the supervisor this process is alive, and which job it has run since when."""
-        if self.heartbeat_file is None:
-            return
-        tmp = self.heartbeat_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"ts": time.time(), "job": job_id, "job_started": job_started}))
-        os.replace(tmp, self.heartbeat_file)
+    def beat(
+        self,
+        job_id: str | None = None,
+        job_started: float | None = None,
+        *,
+        phase: str | None = None,
+        busy_until: float | None = None,
+    ) -> None:
+        """Tell the supervisor this process is alive, which job it has run since when, and until
+        when it may stay silent (all `time.monotonic()`, see workers/heartbeat.py)."""
+        heartbeat.write(
+            self.heartbeat_file,
+            phase or ("job" if job_id else "idle"),
+            job=job_id,
+            job_started=job_started,
+            busy_until=busy_until,
+        )
 
 
 _runtime: Runtime | None = None
@@ -60,6 +70,9 @@ def start(settings: Settings, hostname: str | None = None) -> Runtime:
     worker_id = f"{hostname or socket.gethostname()}:{os.getpid()}"
     rt = Runtime(settings, worker_id, device, dtype, heartbeat_file=settings.worker_heartbeat_file)
     for name in filter(None, (n.strip() for n in settings.worker_engines.split(","))):
+        # Loading weights can take minutes: say so, bounded by the load timeout, so the
+        # supervisor neither kills a slow load as a hang nor waits forever on a wedged one.
+        rt.beat(phase="loading", busy_until=time.monotonic() + settings.worker_load_timeout_seconds)
         t0 = time.perf_counter()
         engine = create_engine(name, settings)
         engine.load(device, dtype)
@@ -71,9 +84,7 @@ def start(settings: Settings, hostname: str | None = None) -> Runtime:
             dtype,
             time.perf_counter() - t0,
         )
-    if rt.heartbeat_file:
-        rt.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
-        rt.beat()
+    rt.beat()
     _runtime = rt
     return rt
 

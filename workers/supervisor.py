@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.settings import Settings
+from workers import heartbeat
 from workers.device import visible_gpus
 from workers.runtime import EXIT_DEVICE_UNHEALTHY
 
@@ -106,23 +106,24 @@ class Supervisor:
             self.on_restart(child.spec.name, reason)
 
     def _hung(self, child: Child) -> str | None:
+        """Monotonic clocks only (workers/heartbeat.py): the child writes its own
+        `time.monotonic()`, which on Linux is the same host-wide clock as ours."""
         spec = child.spec
         if not spec.heartbeat_file or not spec.hang_seconds:
             return None
-        age = time.monotonic() - child.started_at
-        try:
-            beat = json.loads(spec.heartbeat_file.read_text())
-        except (OSError, ValueError):
-            return "hang" if age > spec.startup_grace else None
-        now = time.time()
-        if now - float(beat.get("ts", 0)) > spec.hang_seconds:
+        now = time.monotonic()
+        beat = heartbeat.read(spec.heartbeat_file)
+        if beat is None:
+            return "hang" if now - child.started_at > spec.startup_grace else None
+        # Silent past its last beat plus the hang limit, or past the time it said it would be
+        # busy (loading an engine, one long segment), whichever is later.
+        if now > beat.alive_until(spec.hang_seconds):
             return "hang"
-        started = beat.get("job_started")
         if (
             spec.deadline_seconds
-            and beat.get("job")
-            and started is not None
-            and now - float(started) > spec.deadline_seconds
+            and beat.job
+            and beat.job_started is not None
+            and now - beat.job_started > spec.deadline_seconds
         ):
             return "deadline"
         return None
@@ -232,6 +233,7 @@ def worker_specs(settings: Settings) -> list[ChildSpec]:
                 hang_seconds=settings.worker_hang_seconds,
                 # The task fails a job at its deadline itself; this is for when it cannot.
                 deadline_seconds=settings.job_deadline_seconds + settings.worker_hang_seconds,
+                startup_grace=settings.worker_startup_grace_seconds,
             )
         )
     if settings.supervise_ops_worker:
@@ -240,7 +242,12 @@ def worker_specs(settings: Settings) -> list[ChildSpec]:
 
 
 def ops_spec(settings: Settings, host: str) -> ChildSpec:
-    """A CPU worker for webhook deliveries and maintenance (threads: webhook POSTs wait on I/O)."""
+    """A CPU worker for webhook deliveries and maintenance (threads: webhook POSTs wait on I/O).
+
+    Watched like a synthesis worker: its consuming loop beats (tasks/lifecycle.py), so a wedged
+    ops worker, which would silently stop the reconciler and every webhook, is killed and
+    restarted after the hang limit. It loads no engine and runs no segments, so no deadline."""
+    beat_file = settings.worker_state_dir.resolve() / "ops.heartbeat"
     return ChildSpec(
         name="ops",
         argv=celery_argv(
@@ -257,5 +264,12 @@ def ops_spec(settings: Settings, host: str) -> ChildSpec:
             settings.log_level,
             "--without-gossip",
         ),
-        env={"VOICEFARM_WORKER_ENGINES": "", "CUDA_VISIBLE_DEVICES": ""},
+        env={
+            "VOICEFARM_WORKER_ENGINES": "",
+            "CUDA_VISIBLE_DEVICES": "",
+            "VOICEFARM_WORKER_HEARTBEAT_FILE": str(beat_file),
+        },
+        heartbeat_file=beat_file,
+        hang_seconds=settings.worker_hang_seconds,
+        startup_grace=settings.worker_startup_grace_seconds,
     )

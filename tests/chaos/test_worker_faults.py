@@ -3,6 +3,7 @@ worker that runs out of GPU memory or hangs under the supervisor. No job may be 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -88,6 +89,9 @@ def test_a_segment_running_past_the_deadline_fails_the_job_once(client: Any, log
             "VOICEFARM_JOB_DEADLINE_SECONDS": "1",
             "VOICEFARM_LEASE_SECONDS": "1",
             "FIXTURE_SEGMENT_DELAY": "3",
+            # A full segment's expected time must fit in the deadline (settings validation).
+            "VOICEFARM_SEGMENT_MAX_CHARS": "20",
+            "VOICEFARM_SEGMENT_SECONDS_PER_CHAR": "0.01",
         },
     )
     try:
@@ -116,12 +120,12 @@ def test_job_survives_a_broker_that_lost_its_message(
         worker.stop()
 
 
-def _restarts(port: int) -> dict[str, float]:
+def _restarts(port: int, worker: str = "cpu0") -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     return {
         m.group(1): float(m.group(2))
         for m in re.finditer(
-            r'voicefarm_worker_restarts_total\{reason="(\w+)",worker="cpu0"\} '
+            r'voicefarm_worker_restarts_total\{reason="(\w+)",worker="' + worker + r'"\} '
             r"([\d.]+)",
             text,
         )
@@ -185,6 +189,7 @@ def test_supervisor_kills_a_hung_worker_and_keeps_an_idle_one(client: Any, log_d
         "hang",
         port,
         VOICEFARM_WORKER_HANG_SECONDS="4",
+        VOICEFARM_WORKER_HEARTBEAT_SECONDS="1",
         VOICEFARM_LEASE_SECONDS="2",
     )
     try:
@@ -197,6 +202,105 @@ def test_supervisor_kills_a_hung_worker_and_keeps_an_idle_one(client: Any, log_d
         wait_until(lambda: _restarts(port).get("hang", 0) >= 1, timeout=60, what="hang restart")
         done = _reconcile_until(client, job["id"], TERMINAL, timeout=30)
         assert done["status"] == "failed" and done["error"]["code"] == "max_attempts_exceeded"
+    finally:
+        assert sup.stop() == 0
+
+
+def _beat(path: Path) -> Any:
+    from workers import heartbeat
+
+    return heartbeat.read(path)
+
+
+def test_supervisor_waits_for_a_slow_load_and_a_long_segment(client: Any, log_dir: Path) -> None:
+    """An engine that takes 6 s to load and 6 s per segment, under a 3 s hang limit: the
+    worker says it is loading, then how long its segment may take (hang limit + 1 s a
+    character here), so the supervisor kills neither, and the job succeeds in one attempt."""
+    port = free_port()
+    sup = _supervisor(
+        log_dir,
+        "sup-slow",
+        "slowload",
+        port,
+        VOICEFARM_WORKER_HANG_SECONDS="3",
+        VOICEFARM_WORKER_HEARTBEAT_SECONDS="1",
+        VOICEFARM_SEGMENT_SECONDS_PER_CHAR="1",
+        FIXTURE_LOAD_DELAY="6",
+        FIXTURE_SEGMENT_DELAY="6",
+    )
+    try:
+        hb = log_dir / "sup-slow" / "cpu0.heartbeat"
+        loading = wait_until(
+            lambda: (b := _beat(hb)) and b.phase == "loading" and b, timeout=60, what="loading"
+        )
+        wait_until(lambda: (b := _beat(hb)) and b.phase == "idle", timeout=60, what="loaded")
+        assert _restarts(port) == {}, sup.tail()
+        job = client.post("/v1/jobs", json={"text": "ten chars!", "engine": "slowload"}).json()
+        seg = wait_until(
+            lambda: (b := _beat(hb)) and b.phase == "segment" and b, timeout=30, what="segment"
+        )
+        assert seg.busy_until - seg.ts >= 3 + 10 - 1  # hang limit + 10 chars x 1 s
+        done = _reconcile_until(client, job["id"], TERMINAL, timeout=60)
+        assert done["status"] == "succeeded" and done["attempts"] == 1, sup.tail()
+        assert _restarts(port) == {}, sup.tail()
+        assert _beat(hb).pid == loading.pid  # the same process all along
+    finally:
+        assert sup.stop() == 0
+
+
+def test_supervisor_kills_a_worker_whose_load_runs_past_the_load_timeout(log_dir: Path) -> None:
+    """A load that never ends (a wedged download or driver) is a hang once the load timeout
+    has passed, long before the start-up grace would notice."""
+    port = free_port()
+    sup = _supervisor(
+        log_dir,
+        "sup-wedged-load",
+        "slowload",
+        port,
+        VOICEFARM_WORKER_HANG_SECONDS="3",
+        VOICEFARM_WORKER_HEARTBEAT_SECONDS="1",
+        VOICEFARM_WORKER_LOAD_TIMEOUT_SECONDS="2",
+        FIXTURE_LOAD_DELAY="3600",
+    )
+    try:
+        wait_until(lambda: _metrics_up(port), timeout=30, what="the supervisor's metrics")
+        wait_until(lambda: _restarts(port).get("hang", 0) >= 1, timeout=60, what="hang restart")
+    finally:
+        assert sup.stop() == 0
+
+
+def _metrics_up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_supervisor_restarts_a_wedged_ops_worker(log_dir: Path) -> None:
+    """The ops worker (webhooks, reconciler) beats from its consuming loop like any worker:
+    stopped with SIGSTOP, it is killed and restarted as a hang; the synthesis worker is left
+    alone."""
+    port = free_port()
+    sup = _supervisor(
+        log_dir,
+        "sup-ops",
+        "solo",
+        port,
+        VOICEFARM_SUPERVISE_OPS_WORKER="true",
+        VOICEFARM_WORKER_HANG_SECONDS="3",
+        VOICEFARM_WORKER_HEARTBEAT_SECONDS="1",
+    )
+    try:
+        hb = log_dir / "sup-ops" / "ops.heartbeat"
+        first = wait_until(lambda: _beat(hb), timeout=60, what="the ops worker's heartbeat")
+        os.kill(first.pid, signal.SIGSTOP)
+        wait_until(
+            lambda: _restarts(port, "ops").get("hang", 0) >= 1, timeout=60, what="ops restart"
+        )
+        wait_until(
+            lambda: (b := _beat(hb)) and b.pid != first.pid, timeout=60, what="a new ops worker"
+        )
+        assert _restarts(port, "ops") == {"hang": 1} and _restarts(port) == {}, sup.tail()
     finally:
         assert sup.stop() == 0
 
