@@ -44,7 +44,7 @@ def _body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
     return {"error": err}
 
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 # A schema-level refusal of these fields has a more precise code than `validation_failed`.
 _FIELD_CODES = {("text", "string_too_short"): TextEmpty}
 
@@ -97,6 +97,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's "error parsing the body" (not UTF-8, numbers Python refuses, nesting
+            # too deep): the same answer as any other body that is not valid JSON.
+            return await _voicefarm(
+                request, ValidationFailed("request body is not valid UTF-8 JSON")
+            )
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:

@@ -89,7 +89,14 @@ def list_jobs(
     settings: SettingsDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="Opaque: the `next_cursor` of the previous page.",
+        ),
+    ] = None,
 ) -> JobList:
     """List jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     rows, next_cursor = q.list_jobs(session, status=status, limit=limit, cursor=cursor)

@@ -149,10 +149,12 @@ def test_farm_runs_everything_and_ctrl_c_stops_every_process(db: str, log_dir: P
     """What `make run` starts: API, worker supervisor (Piper + ops), beat and Flower."""
     import signal
 
-    api_port, flower_port = free_port(), free_port()
+    api_port, flower_port, metrics_port = free_port(), free_port(), free_port()
     env = {
         "VOICEFARM_API_PORT": str(api_port),
         "VOICEFARM_FLOWER_PORT": str(flower_port),
+        "VOICEFARM_SUPERVISOR_METRICS_PORT": str(metrics_port),
+        "VOICEFARM_WORKER_METRICS_PORT": str(free_port()),
         "VOICEFARM_PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
         "VOICEFARM_WORKER_STATE_DIR": str(log_dir / "farm"),
     }
@@ -183,6 +185,14 @@ def test_farm_runs_everything_and_ctrl_c_stops_every_process(db: str, log_dir: P
         assert httpx.get(flower, timeout=2).status_code == 401  # basic auth on
         children = _descendants(farm.popen.pid)
         assert len(children) >= 5, children  # api, supervisor, cpu0, ops, beat, flower
+        # No secret on a command line (`ps` shows those to every local user).
+        for pid in children:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            assert b"admin:voicefarm" not in cmdline, cmdline
+        # The unauthenticated metrics ports listen on loopback only.
+        wait_until(lambda: _listening(metrics_port), timeout=30, what="supervisor metrics")
+        assert _listening(metrics_port) == {"127.0.0.1"}
+        assert _listening(flower_port) == {"127.0.0.1"}
     finally:
         farm.popen.send_signal(signal.SIGINT)  # Ctrl-C
         assert farm.popen.wait(timeout=60) == 0, farm.tail()
@@ -195,3 +205,15 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def _listening(port: int) -> set[str]:
+    """IPv4 addresses with a socket listening on `port`, from /proc/net/tcp."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        host, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            octets = [str(int(host[i : i + 2], 16)) for i in (6, 4, 2, 0)]
+            found.add(".".join(octets))
+    return found
