@@ -36,7 +36,7 @@ def _start_runtime(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None)
     runtime.start(settings, hostname)
     if settings.worker_metrics_port:
-        metrics.serve(settings.worker_metrics_port)
+        metrics.serve(settings.worker_metrics_port, settings.metrics_host)
 
 
 @worker_shutdown.connect

@@ -103,7 +103,16 @@ def test_halve_leaves_an_uncuttable_text_whole() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["\u200b\u200b", "\ufeff", "...", "\u0301\u0302", "\u200d \u2060", "?!…", "—", "\ufeff\n\u200b"],
+    [
+        "\u200b\u200b",
+        "\ufeff",
+        "...",
+        "\u0301\u0302",
+        "\u200d \u2060",
+        "?!…",
+        "—",
+        "\ufeff\n\u200b",
+    ],
 )
 def test_text_with_nothing_to_speak_is_empty(text: str) -> None:
     with pytest.raises(TextEmpty):
