@@ -4,48 +4,15 @@ the jobs it could not publish go out on the first run after the broker is back."
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
 from typing import Any
 
-import redis
-
 from db import jobs as q
 from db.session import get_sessionmaker
-from tests.fixtures.processes import free_port, wait_until
+from tests.fixtures.redis_server import PrivateRedis
 from tests.integration.test_reconciler import _age, _new_job, queued_job_ids
-
-
-class PrivateRedis:
-    """A redis-server of the test's own on a free port (never the machine's Redis)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.argv = [
-            shutil.which("redis-server") or "redis-server",
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.client = redis.Redis.from_url(self.url)
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL)
-        wait_until(self._up, timeout=10, what="private redis")
-
-    def _up(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except redis.ConnectionError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
 
 
 def _reconcile(broker: str) -> subprocess.CompletedProcess[str]:
