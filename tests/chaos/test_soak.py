@@ -210,6 +210,10 @@ def test_soak_loses_no_job_through_worker_kills_and_broker_and_database_restarts
 
             wait_until(client.done.is_set, 300, "every job to be submitted")
             assert client.error is None, client.error
+            with get_engine(pg.url).connect() as c:
+                stored_ids = {str(i) for i in c.execute(text("SELECT id FROM jobs")).scalars()}
+            lost = set(client.ids.values()) - stored_ids
+            assert not lost, f"answered 202 but not in the database: {sorted(lost)}"
 
             def all_terminal() -> bool:
                 counts = _counts(pg.url)
