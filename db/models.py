@@ -78,6 +78,17 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
 
+    # How to speak: `preset` (the engine's own or default voice), `clone`, `cross_lingual`,
+    # `instruct`. A job that uses a cloned voice names it; the voice cannot be deleted while
+    # queued or running jobs use it, and finished jobs keep their audio when it goes.
+    mode: Mapped[str] = mapped_column(String(16), default="preset", server_default="preset")
+    voice_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("voices.id", ondelete="SET NULL"), index=True
+    )
+    language: Mapped[str | None] = mapped_column(String(16))
+    # Measured on the result, e.g. {"speaker_similarity": 0.83} for clone jobs.
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
     result_key: Mapped[str | None] = mapped_column(Text)
     result_format: Mapped[str | None] = mapped_column(String(8))
     result_sample_rate: Mapped[int | None] = mapped_column(Integer)
@@ -142,3 +153,43 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     succeeded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Voice(Base):
+    """A cloned voice: an uploaded 3-15 s recording of one speaker plus what it says.
+
+    `processing` until a worker has validated the recording and computed its speaker embedding,
+    then `ready` (or `failed` with a code). `revision` grows with every transcript change, so
+    prompts prepared from an older transcript are never reused."""
+
+    __tablename__ = "voices"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(128))
+    transcript: Mapped[str] = mapped_column(Text)
+    language: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="processing")
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+
+    # The upload as received (kept for reprocessing), and the prompt made from it: mono,
+    # silence trimmed, 3-15 s, WAV at `sample_rate` (16 kHz or more).
+    upload_key: Mapped[str | None] = mapped_column(Text)
+    upload_sha256: Mapped[str | None] = mapped_column(String(64))
+    upload_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    prompt_key: Mapped[str | None] = mapped_column(Text)
+    audio_sha256: Mapped[str | None] = mapped_column(String(64))
+    sample_rate: Mapped[int | None] = mapped_column(Integer)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    # Speaker embedding (resemblyzer, 256 floats, L2-normalised).
+    embedding: Mapped[list[float] | None] = mapped_column(JSONB)
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+
+    __table_args__ = (Index("ix_voices_created_at_id", "created_at", "id"),)
