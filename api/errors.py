@@ -16,7 +16,13 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from api.schemas import ErrorBody
-from core.errors import ServiceUnavailable, TextEmpty, ValidationFailed, VoicefarmError
+from core.errors import (
+    InvalidCursor,
+    ServiceUnavailable,
+    TextEmpty,
+    ValidationFailed,
+    VoicefarmError,
+)
 
 log = logging.getLogger("voicefarm.api")
 DATABASE_RETRY_AFTER = 5
@@ -46,7 +52,12 @@ def _body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 # A schema-level refusal of these fields has a more precise code than `validation_failed`.
-_FIELD_CODES = {("text", "string_too_short"): TextEmpty}
+_FIELD_CODES: dict[tuple[str, str], type[VoicefarmError]] = {
+    ("text", "string_too_short"): TextEmpty,
+    # A cursor the schema's pattern refuses is as foreign as one that does not decode: one code.
+    ("cursor", "string_pattern_mismatch"): InvalidCursor,
+    ("cursor", "string_too_long"): InvalidCursor,
+}
 
 
 def validation_error(errors: Sequence[Any]) -> VoicefarmError:
@@ -64,10 +75,12 @@ def validation_error(errors: Sequence[Any]) -> VoicefarmError:
 def _allowed_methods(app: FastAPI, scope: Scope) -> set[str]:
     """Every method some route serves at this path, asked of the routes themselves."""
     methods = set()
-    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         probe = {**scope, "method": method}
         if any(route.matches(probe)[0] == Match.FULL for route in app.router.routes):
             methods.add(method)
+    if "GET" in methods:
+        methods.add("HEAD")  # answered as GET without the body (api.main.HeadAsGet)
     return methods
 
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.routes import compat, engines, health, jobs
@@ -24,6 +25,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await waiter.close()
 
 
+class HeadAsGet:
+    """HEAD is GET without the body (RFC 9110 9.3.2): every readable resource answers it, with the
+    status and headers GET would have, instead of FastAPI's 405 (load balancers and uptime
+    checks probe with HEAD). The body is produced and dropped, so HEAD costs what GET does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="voicefarm",
@@ -34,6 +56,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
+    app.add_middleware(HeadAsGet)
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[ApiKey])
     app.include_router(engines.router, dependencies=[ApiKey])

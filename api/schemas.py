@@ -5,9 +5,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.enums import JobStatus, Priority
+
+MAX_METADATA_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """How deeply JSON objects and arrays nest in `value` (a scalar is 0), iteratively: the
+    value may be nested deeper than Python's recursion limit."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level + 1)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 class JobCreate(BaseModel):
@@ -37,7 +53,18 @@ class JobCreate(BaseModel):
         None, description="Receives signed Standard Webhooks events for this job."
     )
     priority: Priority = Priority.interactive
-    metadata: dict[str, Any] | None = Field(None, description="Opaque, echoed back.")
+    metadata: dict[str, Any] | None = Field(
+        None, description=f"Opaque, echoed back; at most {MAX_METADATA_DEPTH} levels deep."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _shallow_enough(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # pydantic refuses to serialise past a few hundred levels: a deeper value would pass
+        # validation and then fail as a 500 when the request is hashed or stored.
+        if value is not None and _depth(value) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+        return value
 
 
 class Progress(BaseModel):

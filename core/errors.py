@@ -110,6 +110,13 @@ class AudioNotReady(VoicefarmError):
     code = "audio_not_ready"
 
 
+class AudioGone(VoicefarmError):
+    """The job succeeded but its stored object is gone (deleted or lost): submit it again."""
+
+    status_code = 410
+    code = "audio_gone"
+
+
 class InvalidCursor(VoicefarmError):
     status_code = 400
     code = "invalid_cursor"

@@ -7,6 +7,7 @@ runs only once the transaction is durable; a rollback drops it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -18,8 +19,20 @@ _AFTER_COMMIT = "voicefarm_after_commit"
 log = logging.getLogger("voicefarm.db")
 
 
-@lru_cache
+_ENGINE_LOCK = threading.Lock()
+
+
 def get_engine(url: str) -> Engine:
+    """The process's one engine (and connection pool) for `url`.
+
+    Locked: `lru_cache` alone lets the first burst of threads (40 requests on a fresh API) each
+    miss the cache and build its own pool, so the process opened many times its pool size."""
+    with _ENGINE_LOCK:
+        return _engine(url)
+
+
+@lru_cache
+def _engine(url: str) -> Engine:
     # Created lazily per process (house rule 5); pool_pre_ping survives a PostgreSQL restart.
     # Bounded waits: a dead or unreachable server, or an exhausted pool, must become a quick
     # error (503 from the API) rather than a request hanging for minutes.

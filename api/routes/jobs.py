@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
+from pydantic import BaseModel, TypeAdapter
 
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import responses
@@ -15,6 +18,7 @@ from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDe
 from api.submit import submit
 from core.enums import JobStatus
 from core.errors import (
+    AudioGone,
     AudioNotReady,
     IdempotencyConflict,
     InvalidCursor,
@@ -22,6 +26,7 @@ from core.errors import (
     JobNotFound,
     MarkupInvalid,
     RequestTooLarge,
+    StorageError,
     TextEmpty,
     TextTooLong,
     Unauthorized,
@@ -33,6 +38,7 @@ from core.errors import (
     WebhookUrlForbidden,
     WebhookUrlInvalid,
 )
+from core.storage import Storage
 from db import jobs as q
 from db import webhooks as wq
 from db.models import Job
@@ -46,6 +52,25 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(Unautho
 
 def _out(job: Job, base_url: str) -> JobOut:
     return JobOut.model_validate(job_view(job, base_url))
+
+
+_DELIVERIES = TypeAdapter(list[WebhookDeliveryOut])
+
+
+def _json(
+    body: BaseModel | list[WebhookDeliveryOut],
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The route's answer, serialised in the route's own thread.
+
+    Trap: when a sync route returns a model, FastAPI validates it in a second threadpool thread
+    after the route returns and before the session dependency commits. Requests that wait on this
+    one's row lock (the same Idempotency-Key, cancels of one job) each hold one of the pool's 40
+    threads, so that second thread may never come: the lock is never released and the API hangs.
+    A Response is sent as is, so a request holding a lock needs no thread beyond its own."""
+    raw = _DELIVERIES.dump_json(body) if isinstance(body, list) else body.model_dump_json()
+    return Response(raw, status_code=status_code, media_type="application/json", headers=headers)
 
 
 @router.post(
@@ -71,16 +96,15 @@ def create_job(
     body: JobCreate,
     session: SessionDep,
     settings: SettingsDep,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> JobOut:
+) -> Response:
     """Submit a synthesis job; answers at once with the queued job."""
     job, replayed = submit(session, settings, body, idempotency_key)
     out = _out(job, settings.public_base_url)
+    headers = {"Location": out.links.self}
     if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = out.links.self
-    return out
+        headers["Idempotent-Replayed"] = "true"
+    return _json(out, 202, headers)
 
 
 @router.get("", response_model=JobList, responses=responses(InvalidCursor))
@@ -97,26 +121,27 @@ def list_jobs(
             description="Opaque: the `next_cursor` of the previous page.",
         ),
     ] = None,
-) -> JobList:
+) -> Response:
     """List jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     rows, next_cursor = q.list_jobs(session, status=status, limit=limit, cursor=cursor)
-    return JobList(items=[_out(j, settings.public_base_url) for j in rows], next_cursor=next_cursor)
+    items = [_out(j, settings.public_base_url) for j in rows]
+    return _json(JobList(items=items, next_cursor=next_cursor))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=responses(JobNotFound))
-def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> JobOut:
+def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
     """Read a job: status, attempts, progress, timings, error and result."""
-    return _out(q.get_job(session, job_id), settings.public_base_url)
+    return _json(_out(q.get_job(session, job_id), settings.public_base_url))
 
 
 @router.post(
     "/{job_id}/cancel", response_model=JobOut, responses=responses(JobNotFound, JobNotCancelable)
 )
-def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> JobOut:
+def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
     """Cancel a queued or running job; a running one stops at its next segment."""
     job, deliveries = q.cancel_job(session, job_id, settings.public_base_url)
     after_commit(session, lambda: send_webhooks(deliveries))
-    return _out(job, settings.public_base_url)
+    return _json(_out(job, settings.public_base_url))
 
 
 @router.get(
@@ -124,7 +149,7 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) ->
     responses={
         200: {"content": {"audio/wav": {}}, "description": "The audio file"},
         307: {"description": "Redirect to a presigned S3 URL"},
-        **responses(JobNotFound, AudioNotReady),
+        **responses(JobNotFound, AudioNotReady, AudioGone, StorageError),
     },
     response_model=None,
 )
@@ -135,11 +160,11 @@ def get_audio(
     job = q.get_job(session, job_id)
     if job.status != JobStatus.succeeded or not job.result_key:
         raise AudioNotReady(f"job {job_id} is {job.status}; audio exists once it has succeeded")
-    url = storage.presigned_url(job.result_key)
+    url, chunks = _open(storage, job.result_key, job_id)
     if url is not None:
         return RedirectResponse(url, status_code=307)
     return StreamingResponse(
-        storage.iter_bytes(job.result_key),
+        chunks,
         media_type="audio/wav",
         headers={
             "Content-Length": str(job.result_bytes),
@@ -149,12 +174,40 @@ def get_audio(
     )
 
 
+def _open(storage: Storage, key: str, job_id: uuid.UUID) -> tuple[str | None, Iterator[bytes]]:
+    """(presigned URL, no bytes) or (None, the object's bytes), once the object is known to exist.
+
+    Opened here, before the 200 goes out: a lazily opened object that turned out missing broke the
+    response after its headers (and a redirect sent the client to S3's 404). Missing is 410,
+    a store that fails or cannot be reached is 502; either with a body and a code."""
+    gone = AudioGone(f"the audio of job {job_id} is no longer in storage; submit the job again")
+    try:
+        if not storage.exists(key):
+            raise gone
+        url = storage.presigned_url(key)
+        if url is not None:
+            return url, iter(())
+        chunks = storage.iter_bytes(key)
+        first = next(chunks, b"")
+    except FileNotFoundError:  # deleted between the two calls
+        raise gone from None
+    except AudioGone:
+        raise
+    except Exception as exc:  # OSError, botocore's errors: the store failed, not the request
+        log.warning("event=api.storage_failed key=%s error=%s", key, type(exc).__name__)
+        raise StorageError(
+            f"the audio of job {job_id} could not be read from storage; retry shortly",
+            retry_after=5,
+        ) from exc
+    return None, itertools.chain([first], chunks)
+
+
 @router.get(
     "/{job_id}/webhooks",
     response_model=list[WebhookDeliveryOut],
     responses=responses(JobNotFound),
 )
-def get_webhooks(job_id: uuid.UUID, session: SessionDep) -> list[WebhookDeliveryOut]:
+def get_webhooks(job_id: uuid.UUID, session: SessionDep) -> Response:
     """Every webhook event of a job, with each delivery attempt."""
     q.get_job(session, job_id)
     deliveries = wq.deliveries_for_job(session, job_id)
@@ -178,4 +231,4 @@ def get_webhooks(job_id: uuid.UUID, session: SessionDep) -> list[WebhookDelivery
                 history=history,
             )
         )
-    return out
+    return _json(out)

@@ -115,9 +115,9 @@ def test_predict_refuses_bad_unicode_and_empty_text(client: TestClient, db: str)
 
 def test_options_and_unknown_methods_list_every_allowed_method(client: TestClient) -> None:
     r = client.options("/v1/jobs")
-    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST"
     r = client.request("PUT", "/v1/jobs/00000000-0000-0000-0000-000000000000")
-    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     assert r.json()["error"]["code"] == "method_not_allowed"
 
 
