@@ -89,6 +89,10 @@ class Unauthorized(VoicefarmError):
     status_code = 401
     code = "unauthorized"
 
+    def headers(self) -> dict[str, str]:
+        # RFC 9110 15.5.2: a 401 names the scheme the client should use.
+        return {**super().headers(), "WWW-Authenticate": 'Bearer realm="voicefarm"'}
+
 
 class RequestTooLarge(VoicefarmError):
     status_code = 413

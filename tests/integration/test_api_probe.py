@@ -176,3 +176,14 @@ def test_head_answers_like_get_without_a_body(client: TestClient, db: str) -> No
     assert missing.status_code == 404 and missing.content == b""
     post_only = client.head("/api/predict")
     assert post_only.status_code == 405 and post_only.headers["allow"] == "POST"
+
+
+def test_401_names_the_bearer_scheme(client: TestClient) -> None:
+    """Before the fix a 401 had no WWW-Authenticate header, which RFC 9110 requires."""
+    use_settings(client, api_keys="k1,k2")
+    for auth in (None, "", "Bearer", "Basic azE=", "Bearer k3", "Bearer k1,k2", "Bearer  k1"):
+        r = client.get("/v1/jobs", headers={} if auth is None else {"Authorization": auth})
+        assert r.status_code == 401, auth
+        assert r.json()["error"]["code"] == "unauthorized"
+        assert r.headers["www-authenticate"] == 'Bearer realm="voicefarm"'
+    assert client.get("/v1/jobs", headers={"Authorization": "bearer k2"}).status_code == 200
