@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch (on this machine's disk); never let a resolver pick a CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: run test lint services install install-dev bench clean
+.PHONY: run test lint services install install-dev install-cosyvoice bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,18 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+
+# The CosyVoice engine's inference dependencies (the `cosyvoice` extra), never part of `make
+# test`. openai-whisper goes in with --no-deps (its requirements pull triton). PyPI's
+# torchaudio 2.11.1 is a CUDA build: beside a CPU torch its _torchaudio.so fails to import
+# (libc10_cuda.so) and no code can catch that, so it is deleted here; the kaldi.fbank and
+# Resample CosyVoice uses are pure PyTorch. The official code itself: infra/dev/cosyvoice-src.sh.
+install-cosyvoice: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[worker,cpu,dev,cosyvoice]"
+	$(BIN)/python -m pip install -q --no-deps openai-whisper==20250625
+	$(BIN)/python -c "import torch; assert torch.version.cuda is None" 2>/dev/null \
+	  && rm -f $(VENV)/lib/python*/site-packages/torchaudio/lib/_torchaudio.so || true
+	$(BIN)/python -c "import torchaudio.compliance.kaldi, whisper, hyperpyyaml, wetext"
 
 services:
 	./infra/dev/ensure-services.sh
