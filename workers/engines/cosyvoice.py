@@ -32,6 +32,7 @@ import re
 import sys
 import tempfile
 import threading
+import wave
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -103,8 +104,10 @@ def _torchaudio_load_via_soundfile() -> None:
     """torchaudio >= 2.9 sends `torchaudio.load` to torchcodec, which needs FFmpeg's shared
     libraries; where torchcodec is missing, read files with soundfile as torchaudio < 2.9 did
     (upstream's `load_wav` asks for backend='soundfile' anyway)."""
-    import torchaudio
-
+    try:
+        import torchaudio
+    except ImportError:
+        return  # upstream's own import then says what is missing
     try:
         import torchcodec  # noqa: F401
     except Exception:
@@ -196,7 +199,6 @@ class CosyVoiceEngine(EngineBase):
         return f"{CV3_SYSTEM}{END_OF_PROMPT}{text}" if self.version == 3 else text
 
     def prepare_voice(self, prompt: VoicePrompt) -> bytes:
-        import soundfile
         import torch
 
         model = self._require_model()
@@ -207,8 +209,7 @@ class CosyVoiceEngine(EngineBase):
             # Upstream's frontend reads the prompt three times (16 kHz tokens and embedding,
             # 24 kHz features) through `load_wav`, which takes a file.
             wav = Path(tmp) / "prompt.wav"
-            samples = np.asarray(prompt.samples, dtype=np.float32).reshape(-1)
-            soundfile.write(wav, samples, prompt.sample_rate, subtype="FLOAT")
+            _write_wav(wav, prompt.samples, prompt.sample_rate)
             feats = model.frontend.frontend_zero_shot("", text, str(wav), self.sample_rate, "")
         feats.pop("text")
         feats.pop("text_len")
@@ -374,6 +375,15 @@ class CosyVoiceEngine(EngineBase):
                 "CosyVoice 3 needs <|endofprompt|> in the prompt or the text; this voice was "
                 "prepared without it (prepared for another model version?)"
             )
+
+
+def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    pcm = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((pcm * 32767).astype("<i2").tobytes())
 
 
 def _join(outputs: Iterable[dict[str, Any]]) -> np.ndarray:
