@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from pydantic import BaseModel, TypeAdapter
 from sqlalchemy.orm import Session
 
 from api.waiter import JobWaiter
@@ -46,6 +47,26 @@ def get_waiter(request: Request, settings: Annotated[Settings, Depends(get_setti
 
 def _storage(settings: Annotated[Settings, Depends(get_settings)]) -> Storage:
     return get_storage(settings)
+
+
+_ANY_LIST = TypeAdapter(list[Any])
+
+
+def json_response(
+    body: BaseModel | Sequence[BaseModel],
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """What a sync route that takes a SessionDep returns: its answer, serialised in its own thread.
+
+    Trap: when a sync route returns a model, FastAPI validates it in a second threadpool thread
+    after the route returns and before `get_db` commits. Requests waiting on this one's row lock
+    (the same Idempotency-Key, cancels of one job) or on a pooled connection each hold one of the
+    threadpool's 40 threads, so that second thread may not come for a long time, or ever: the API
+    answered 503s or hung for good. A Response is sent as is; the route needs no other thread.
+    tests/integration/test_api_probe.py checks every such route."""
+    raw = body.model_dump_json() if isinstance(body, BaseModel) else _ANY_LIST.dump_json([*body])
+    return Response(raw, status_code=status_code, media_type="application/json", headers=headers)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

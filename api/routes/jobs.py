@@ -10,9 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
-from pydantic import BaseModel, TypeAdapter
 
-from api.deps import SessionDep, SettingsDep, StorageDep
+from api.deps import SessionDep, SettingsDep, StorageDep, json_response
 from api.errors import responses
 from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDeliveryOut
 from api.submit import submit
@@ -54,25 +53,6 @@ def _out(job: Job, base_url: str) -> JobOut:
     return JobOut.model_validate(job_view(job, base_url))
 
 
-_DELIVERIES = TypeAdapter(list[WebhookDeliveryOut])
-
-
-def _json(
-    body: BaseModel | list[WebhookDeliveryOut],
-    status_code: int = 200,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """The route's answer, serialised in the route's own thread.
-
-    Trap: when a sync route returns a model, FastAPI validates it in a second threadpool thread
-    after the route returns and before the session dependency commits. Requests that wait on this
-    one's row lock (the same Idempotency-Key, cancels of one job) each hold one of the pool's 40
-    threads, so that second thread may never come: the lock is never released and the API hangs.
-    A Response is sent as is, so a request holding a lock needs no thread beyond its own."""
-    raw = _DELIVERIES.dump_json(body) if isinstance(body, list) else body.model_dump_json()
-    return Response(raw, status_code=status_code, media_type="application/json", headers=headers)
-
-
 @router.post(
     "",
     status_code=202,
@@ -104,7 +84,7 @@ def create_job(
     headers = {"Location": out.links.self}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return _json(out, 202, headers)
+    return json_response(out, 202, headers)
 
 
 @router.get("", response_model=JobList, responses=responses(InvalidCursor))
@@ -125,13 +105,13 @@ def list_jobs(
     """List jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     rows, next_cursor = q.list_jobs(session, status=status, limit=limit, cursor=cursor)
     items = [_out(j, settings.public_base_url) for j in rows]
-    return _json(JobList(items=items, next_cursor=next_cursor))
+    return json_response(JobList(items=items, next_cursor=next_cursor))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=responses(JobNotFound))
 def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
     """Read a job: status, attempts, progress, timings, error and result."""
-    return _json(_out(q.get_job(session, job_id), settings.public_base_url))
+    return json_response(_out(q.get_job(session, job_id), settings.public_base_url))
 
 
 @router.post(
@@ -141,7 +121,7 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) ->
     """Cancel a queued or running job; a running one stops at its next segment."""
     job, deliveries = q.cancel_job(session, job_id, settings.public_base_url)
     after_commit(session, lambda: send_webhooks(deliveries))
-    return _json(_out(job, settings.public_base_url))
+    return json_response(_out(job, settings.public_base_url))
 
 
 @router.get(
@@ -231,4 +211,4 @@ def get_webhooks(job_id: uuid.UUID, session: SessionDep) -> Response:
                 history=history,
             )
         )
-    return _json(out)
+    return json_response(out)

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, get_args, get_type_hints
 
 import httpx
 import pytest
+from fastapi import Response
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
@@ -187,3 +191,37 @@ def test_401_names_the_bearer_scheme(client: TestClient) -> None:
         assert r.json()["error"]["code"] == "unauthorized"
         assert r.headers["www-authenticate"] == 'Bearer realm="voicefarm"'
     assert client.get("/v1/jobs", headers={"Authorization": "bearer k2"}).status_code == 200
+
+
+def _uses(dependant: Any, call: Callable[..., object]) -> bool:
+    return any(d.call is call or _uses(d, call) for d in dependant.dependencies)
+
+
+def _api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):  # FastAPI's lazily included router
+            yield from _api_routes(route.original_router.routes)
+
+
+def test_every_sync_route_with_a_session_returns_a_response() -> None:
+    """The convention that keeps the burst tests above green, for every route, present and
+    future: a sync route that takes a SessionDep returns a Response (`api.deps.json_response`),
+    never a model FastAPI would serialise in a second thread before the session commits."""
+    from api.deps import get_db
+    from api.main import create_app
+
+    checked = []
+    for route in _api_routes(create_app().routes):
+        if not _uses(route.dependant, get_db):
+            continue
+        if inspect.iscoroutinefunction(route.endpoint):
+            continue
+        returned = get_type_hints(route.endpoint)["return"]
+        kinds = get_args(returned) or (returned,)
+        assert all(isinstance(k, type) and issubclass(k, Response) for k in kinds), (
+            f"{route.path} returns {returned}; return api.deps.json_response(...) instead"
+        )
+        checked.append(route.path)
+    assert "/v1/jobs/{job_id}/cancel" in checked
