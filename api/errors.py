@@ -17,6 +17,7 @@ from starlette.types import Scope
 
 from api.schemas import ErrorBody
 from core.errors import (
+    AudioMissing,
     InvalidCursor,
     ServiceUnavailable,
     TextEmpty,
@@ -57,6 +58,8 @@ _FIELD_CODES: dict[tuple[str, str], type[VoicefarmError]] = {
     # A cursor the schema's pattern refuses is as foreign as one that does not decode: one code.
     ("cursor", "string_pattern_mismatch"): InvalidCursor,
     ("cursor", "string_too_long"): InvalidCursor,
+    # POST /v1/voices without its recording.
+    ("audio", "missing"): AudioMissing,
 }
 
 
@@ -113,9 +116,9 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400:
             # FastAPI's "error parsing the body" (not UTF-8, numbers Python refuses, nesting
             # too deep): the same answer as any other body that is not valid JSON.
-            return await _voicefarm(
-                request, ValidationFailed("request body is not valid UTF-8 JSON")
-            )
+            ctype = request.headers.get("content-type", "").lower()
+            what = "multipart/form-data" if ctype.startswith("multipart/") else "UTF-8 JSON"
+            return await _voicefarm(request, ValidationFailed(f"request body is not valid {what}"))
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:

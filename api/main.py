@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
-from api.routes import compat, engines, health, jobs
+from api.routes import compat, engines, health, jobs, voices
 from api.security import ApiKey, BodyLimit
 from core.logging import configure_logging
 from core.settings import get_settings
@@ -55,11 +55,17 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=get_settings().max_request_bytes)
+    settings = get_settings()
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_request_bytes,
+        per_path={"/v1/voices": voices.upload_body_limit(settings)},
+    )
     app.add_middleware(HeadAsGet)
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[ApiKey])
     app.include_router(engines.router, dependencies=[ApiKey])
+    app.include_router(voices.router, dependencies=[ApiKey])
     app.include_router(compat.router, dependencies=[ApiKey])
     return app
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.enums import JobStatus, Priority
+from core.enums import JobStatus, Priority, VoiceStatus
 
 MAX_METADATA_DEPTH = 32
 
@@ -163,3 +163,51 @@ class ErrorBody(BaseModel):
 class Readiness(BaseModel):
     status: str
     checks: dict[str, str]
+
+
+class VoiceError(BaseModel):
+    code: str
+    message: str
+
+
+class VoiceLinks(BaseModel):
+    self: str
+
+
+class VoiceOut(BaseModel):
+    id: str
+    name: str
+    transcript: str = Field(description="What the recording says (the prompt text).")
+    language: str | None
+    status: VoiceStatus
+    revision: int = Field(
+        description="Grows with every transcript change; prompts prepared from an older "
+        "transcript are never reused."
+    )
+    attempts: int
+    error: VoiceError | None
+    sample_rate: int | None = Field(description="Of the prepared prompt (16 kHz or more).")
+    duration_s: float | None = Field(description="Of the prepared prompt, silence trimmed.")
+    audio_sha256: str | None = Field(description="Of the prepared prompt WAV.")
+    upload_bytes: int | None
+    embedding_dim: int | None = Field(description="Length of the speaker embedding once ready.")
+    created_at: datetime
+    updated_at: datetime
+    links: VoiceLinks
+
+
+class VoiceList(BaseModel):
+    items: list[VoiceOut]
+    next_cursor: str | None
+
+
+class VoicePatch(BaseModel):
+    """Fields to change; a new transcript bumps the voice's revision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="1-128 characters.")
+    transcript: str | None = Field(
+        None, description="The corrected prompt text: exactly what the recording says."
+    )
+    language: str | None = Field(None, description="ISO 639-1 code, e.g. `zh`, `en-US`.")

@@ -31,20 +31,25 @@ ApiKey = Depends(require_api_key)
 
 class BodyLimit:
     """Refuse bodies over `max_bytes` with 413 before they are buffered or parsed, whether the
-    client sends Content-Length or streams chunks."""
+    client sends Content-Length or streams chunks. `per_path` gives some paths (voice uploads)
+    their own limit, enforced the same way."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope.get("path", ""), self.max_bytes)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(send)
+        if length is not None and length.isdigit() and int(length) > max_bytes:
+            await self._refuse(send, max_bytes)
             return
         seen = 0
         refused = False
@@ -58,9 +63,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     refused = True
-                    await self._refuse(send)
+                    await self._refuse(send, max_bytes)
                     return {"type": "http.disconnect"}
             return message
 
@@ -70,10 +75,10 @@ class BodyLimit:
 
         await self.app(scope, limited, guarded_send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, max_bytes: int) -> None:
         import json
 
-        err = RequestTooLarge(f"request body is larger than {self.max_bytes} bytes")
+        err = RequestTooLarge(f"request body is larger than {max_bytes} bytes")
         body = json.dumps(err.to_body()).encode()
         headers: list[Any] = [
             (b"content-type", b"application/json"),

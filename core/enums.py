@@ -16,6 +16,28 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
 
+class VoiceStatus(StrEnum):
+    """A cloned voice: `processing` until a worker has validated its recording and computed its
+    speaker embedding, then `ready`, or `failed` with a code (VoiceErrorCode)."""
+
+    processing = "processing"
+    ready = "ready"
+    failed = "failed"
+
+
+class VoiceErrorCode(StrEnum):
+    """Why a voice failed, recorded on the voice (a failed voice is data, not an HTTP error)."""
+
+    audio_undecodable = "audio_undecodable"
+    sample_rate_too_low = "sample_rate_too_low"
+    clipped = "clipped"
+    too_quiet = "too_quiet"
+    too_short = "too_short"
+    too_long = "too_long"
+    storage_error = "storage_error"
+    max_attempts = "max_attempts_exceeded"
+
+
 class Priority(StrEnum):
     """Interactive and batch work go to separate queues: Redis priorities are approximate."""
 
@@ -29,11 +51,14 @@ class TaskName(StrEnum):
     reconcile = "maintenance.reconcile"
     retention = "maintenance.retention"
     sweep_orphans = "maintenance.sweep_orphans"
+    prepare_voice = "voices.prepare"
 
 
 class Queue(StrEnum):
     webhooks = "webhooks"
     maintenance = "maintenance"
+    # Voice preparation (decode, validate, speaker embedding): CPU work for the ops worker.
+    voices = "voices"
 
 
 def synth_queue(engine: str, priority: Priority = Priority.interactive) -> str:

@@ -65,6 +65,38 @@ class UnsupportedMode(VoicefarmError):
     code = "unsupported_mode"
 
 
+class VoiceNotFound(VoicefarmError):
+    status_code = 404
+    code = "voice_not_found"
+
+
+class VoiceInUse(VoicefarmError):
+    """Queued or running jobs speak with this voice: it cannot be deleted until they finish."""
+
+    status_code = 409
+    code = "voice_in_use"
+
+
+class UnsupportedMediaType(VoicefarmError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class AudioMissing(VoicefarmError):
+    status_code = 422
+    code = "audio_missing"
+
+
+class AudioEmpty(VoicefarmError):
+    status_code = 422
+    code = "audio_empty"
+
+
+class UnknownLanguage(VoicefarmError):
+    status_code = 422
+    code = "unknown_language"
+
+
 class UnsupportedFormat(VoicefarmError):
     status_code = 422
     code = "unsupported_format"

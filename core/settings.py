@@ -136,6 +136,17 @@ class Settings(BaseSettings):
     # At most one `job.progress` event per job this often (multi-segment jobs only).
     webhook_progress_seconds: float = Field(5.0, ge=0)
 
+    # Voices (POST /v1/voices): the largest recording accepted, refused before it is buffered.
+    max_voice_upload_bytes: int = Field(10_000_000, ge=1024)
+    max_voice_transcript_chars: int = Field(1000, ge=1)
+    # Speech after trimming silence must last this long; longer recordings are refused
+    # (`too_long`): cutting them would leave a transcript that no longer matches the audio.
+    voice_min_seconds: float = Field(3.0, gt=0)
+    voice_max_seconds: float = Field(15.0, gt=0)
+    # A voice still `processing` this long after its last dispatch or claim (message lost,
+    # worker killed mid-preparation) is published again by the reconciler, up to max_attempts.
+    voice_prepare_timeout_seconds: float = Field(120.0, gt=0)
+
     # Retention: finished jobs and their audio are deleted after this many days (0: keep).
     retention_days: float = Field(0, ge=0)
 

@@ -27,6 +27,21 @@ def job_audio_key(job_id: str, attempt: int, ext: str) -> str:
     return f"jobs/{job_id}/{attempt}.{ext}"
 
 
+def voice_prefix(voice_id: str) -> str:
+    """Everything stored for one voice lies under this prefix (deleted with the voice)."""
+    return f"voices/{voice_id}/"
+
+
+def voice_upload_key(voice_id: str) -> str:
+    """The recording as the client uploaded it, kept for reprocessing."""
+    return f"{voice_prefix(voice_id)}upload"
+
+
+def voice_prompt_key(voice_id: str) -> str:
+    """The prompt a worker made from the upload: mono WAV, silence trimmed."""
+    return f"{voice_prefix(voice_id)}prompt.wav"
+
+
 @dataclass(frozen=True)
 class StoredObject:
     key: str

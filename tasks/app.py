@@ -8,7 +8,7 @@ from kombu.entity import Queue as KQueue
 from core.enums import Queue, TaskName
 from core.settings import get_settings
 
-TASK_MODULES = ["tasks.synthesize", "tasks.webhooks", "tasks.maintenance"]
+TASK_MODULES = ["tasks.synthesize", "tasks.webhooks", "tasks.maintenance", "tasks.voices"]
 
 
 def make_celery() -> Celery:
@@ -31,13 +31,18 @@ def make_celery() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=Queue.maintenance.value,
-        task_queues=[KQueue(Queue.webhooks.value), KQueue(Queue.maintenance.value)],
+        task_queues=[
+            KQueue(Queue.webhooks.value),
+            KQueue(Queue.maintenance.value),
+            KQueue(Queue.voices.value),
+        ],
         task_create_missing_queues=True,
         task_routes={
             TaskName.deliver_webhook.value: {"queue": Queue.webhooks.value},
             TaskName.reconcile.value: {"queue": Queue.maintenance.value},
             TaskName.retention.value: {"queue": Queue.maintenance.value},
             TaskName.sweep_orphans.value: {"queue": Queue.maintenance.value},
+            TaskName.prepare_voice.value: {"queue": Queue.voices.value},
         },
         # Flower and `celery events` see task lifecycle events.
         worker_send_task_events=True,

@@ -14,6 +14,7 @@ holding no row locks. A broker that cannot be reached is an error, never an empt
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import uuid
 from collections.abc import Iterable
@@ -23,10 +24,11 @@ from core.enums import JobStatus, TaskName
 from core.settings import get_settings
 from core.storage import Storage, StoredObject, get_storage
 from db import jobs as q
+from db import voices as vq
 from db import webhooks as wq
 from db.session import after_commit, get_sessionmaker, session_scope
 from tasks.app import celery_app
-from tasks.send import send_synthesize, send_webhooks
+from tasks.send import send_prepare_voice, send_synthesize, send_webhooks
 
 log = logging.getLogger("voicefarm.maintenance")
 
@@ -47,8 +49,13 @@ def reconcile(limit: int = REPUBLISH_LIMIT) -> dict[str, int]:
         expired, deliveries = q.requeue_expired_leases(s, settings.public_base_url)
         stale = q.stale_queued(s, settings.requeue_grace_seconds, limit=limit)
         due = wq.due_deliveries(s, grace_seconds=settings.requeue_grace_seconds)
+        voices, voices_failed = vq.stale_processing(
+            s, settings.voice_prepare_timeout_seconds, settings.max_attempts
+        )
     counts = {"expired": len(expired), "republished": len(stale), "webhooks": len(due)}
+    counts.update(voices=len(voices), voices_failed=voices_failed)
     _publish(settings.database_url, expired + stale, deliveries + due)
+    _publish_voices(settings.database_url, voices)
     if any(counts.values()):
         log.info("event=maintenance.reconciled %s", " ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
@@ -85,6 +92,22 @@ def _publish(database_url: str, jobs: list[q.Redispatch], deliveries: list[str])
         raise PublishFailed(
             f"broker unreachable: {len(unsent)} jobs and {len(deliveries)} webhook deliveries "
             f"left for the next run ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _publish_voices(database_url: str, voice_ids: list[uuid.UUID]) -> None:
+    """Send `voices.prepare` for voices stuck in `processing`; on a broker error, clear their
+    dispatch mark so the next run retries them at once, and raise."""
+    sent = 0
+    try:
+        for voice_id in voice_ids:
+            send_prepare_voice(voice_id)
+            sent += 1
+    except Exception as exc:
+        with session_scope(database_url) as s:
+            vq.undispatch(s, voice_ids[sent:])
+        raise PublishFailed(
+            f"broker unreachable: {len(voice_ids) - sent} voices left for the next run"
         ) from exc
 
 
@@ -136,7 +159,8 @@ def sweep_orphans() -> int:
 def sweep_orphan_objects(
     storage: Storage, database_url: str, cutoff: datetime, batch: int = 500
 ) -> int:
-    """Delete objects under `jobs/` last modified before `cutoff` that no row points at."""
+    """Delete objects under `jobs/` and `voices/` last modified before `cutoff` that no row
+    points at (a voice's objects are orphans once its row is gone)."""
     scanned = deleted = failed = 0
     chunk: list[StoredObject] = []
 
@@ -151,7 +175,7 @@ def sweep_orphan_objects(
                 log.warning("event=maintenance.orphan_delete_failed key=%s", key, exc_info=True)
         chunk.clear()
 
-    for obj in storage.list_keys("jobs/"):
+    for obj in itertools.chain(storage.list_keys("jobs/"), storage.list_keys("voices/")):
         scanned += 1
         if obj.modified < cutoff:
             chunk.append(obj)
@@ -182,8 +206,26 @@ def _job_id(key: str) -> uuid.UUID | None:
         return None
 
 
+def _voice_orphans(database_url: str, objects: list[StoredObject]) -> list[str]:
+    """`voices/<voice_id>/...` objects whose voice row is gone (or keys of no such shape)."""
+    ids: dict[str, uuid.UUID | None] = {}
+    for obj in objects:
+        try:
+            ids[obj.key] = uuid.UUID(obj.key.split("/")[1])
+        except (ValueError, IndexError):
+            ids[obj.key] = None
+    with get_sessionmaker(database_url)() as s:
+        present = vq.existing_ids(s, [i for i in ids.values() if i is not None])
+    return [key for key, voice_id in ids.items() if voice_id not in present]
+
+
 def _orphans(database_url: str, objects: Iterable[StoredObject]) -> list[str]:
     objects = list(objects)
+    voice_objects = [o for o in objects if o.key.startswith("voices/")]
+    if voice_objects:
+        voice_keys = {o.key for o in voice_objects}
+        rest = [o for o in objects if o.key not in voice_keys]
+        return _voice_orphans(database_url, voice_objects) + _orphans(database_url, rest)
     ids = {i for o in objects if (i := _job_id(o.key)) is not None}
     with get_sessionmaker(database_url)() as s:
         rows = q.stored_results(s, list(ids))

@@ -25,6 +25,14 @@ def send_webhook(delivery_id: str) -> None:
     )
 
 
+def send_prepare_voice(voice_id: uuid.UUID | str) -> None:
+    from tasks.app import celery_app
+
+    celery_app.send_task(
+        TaskName.prepare_voice.value, args=[str(voice_id)], queue=Queue.voices.value
+    )
+
+
 def send_webhooks(delivery_ids: list[str] | None) -> None:
     for delivery_id in delivery_ids or []:
         send_webhook(delivery_id)

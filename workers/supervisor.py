@@ -257,7 +257,7 @@ def ops_spec(settings: Settings, host: str) -> ChildSpec:
             "-c",
             "4",
             "-Q",
-            "webhooks,maintenance",
+            "webhooks,maintenance,voices",
             "-n",
             f"ops@{host}",
             "--loglevel",

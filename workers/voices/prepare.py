@@ -1,0 +1,103 @@
+"""The work of `voices.prepare`: claim the voice, make its prompt, embed it, record the outcome.
+
+Safe to run twice and to be killed anywhere: the claim counts the attempt and restarts the
+reconciler's clock; the prompt object is written under a fixed key before the row says `ready`;
+every write after the claim is fenced by the attempt. A worker killed mid-way leaves the voice in
+`processing`, and the reconciler publishes it again once VOICEFARM_VOICE_PREPARE_TIMEOUT_SECONDS
+have passed (failing it with `max_attempts_exceeded` after VOICEFARM_MAX_ATTEMPTS)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import uuid
+
+import numpy as np
+import soundfile as sf
+
+from core.enums import VoiceErrorCode, VoiceStatus
+from core.settings import Settings
+from core.storage import Storage, voice_prompt_key
+from db import voices as q
+from db.models import Voice
+from db.session import session_scope
+from workers.audio import encode_wav
+from workers.engines.base import VoicePrompt
+from workers.voices.audio import Limits, VoiceRejected, make_prompt
+from workers.voices.encoder import embed
+
+log = logging.getLogger("voicefarm.voices")
+
+
+def prepare_voice(voice_id: uuid.UUID, settings: Settings, storage: Storage) -> str:
+    """Prepare one voice; returns what happened (`ready`, `failed`, `skipped`, `fenced`).
+
+    Errors other than a rejected recording (storage or database down) propagate: the voice stays
+    `processing` and the reconciler publishes it again."""
+    with session_scope(settings.database_url) as s:
+        claim = q.claim_voice(s, voice_id, settings.max_attempts)
+    if claim is None:
+        log.info("event=voices.prepare_skipped voice_id=%s (not processing)", voice_id)
+        return "skipped"
+    log.info("event=voices.prepare_started voice_id=%s attempt=%d", voice_id, claim.attempt)
+    try:
+        data = b"".join(storage.iter_bytes(claim.upload_key))
+    except FileNotFoundError:
+        return _fail(
+            settings, claim, VoiceErrorCode.storage_error, "the upload is gone; upload again"
+        )
+    limits = Limits(settings.voice_min_seconds, settings.voice_max_seconds)
+    try:
+        prompt = make_prompt(data, limits)
+    except VoiceRejected as exc:
+        return _fail(settings, claim, exc.code, exc.message)
+    wav = encode_wav(prompt)
+    key = voice_prompt_key(str(voice_id))
+    storage.put(key, wav, "audio/wav")
+    embedding = embed(prompt.samples, prompt.sample_rate)
+    result = q.PreparedPrompt(
+        prompt_key=key,
+        audio_sha256=hashlib.sha256(wav).hexdigest(),
+        sample_rate=prompt.sample_rate,
+        duration_s=round(prompt.duration_s, 3),
+        embedding=[float(x) for x in embedding],
+    )
+    with session_scope(settings.database_url) as s:
+        done = q.finish_ready(s, claim, result)
+    outcome = VoiceStatus.ready.value if done else "fenced"
+    log.info(
+        "event=voices.prepared voice_id=%s attempt=%d outcome=%s duration_s=%.2f rate=%d",
+        voice_id,
+        claim.attempt,
+        outcome,
+        prompt.duration_s,
+        prompt.sample_rate,
+    )
+    return outcome
+
+
+def _fail(settings: Settings, claim: q.VoiceClaim, code: VoiceErrorCode, message: str) -> str:
+    with session_scope(settings.database_url) as s:
+        done = q.finish_failed(s, claim, code.value, message)
+    log.info(
+        "event=voices.failed voice_id=%s attempt=%d code=%s", claim.voice_id, claim.attempt, code
+    )
+    return VoiceStatus.failed.value if done else "fenced"
+
+
+def load_prompt(voice: Voice, storage: Storage) -> VoicePrompt:
+    """The VoicePrompt of a `ready` voice, read back from storage (what an engine is handed)."""
+    if voice.status != VoiceStatus.ready.value or not voice.prompt_key:
+        raise ValueError(f"voice {voice.id} is {voice.status}, not ready")
+    data = b"".join(storage.iter_bytes(voice.prompt_key))
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return VoicePrompt(
+        voice_id=str(voice.id),
+        revision=voice.revision,
+        transcript=voice.transcript,
+        language=voice.language,
+        audio_sha256=voice.audio_sha256 or hashlib.sha256(data).hexdigest(),
+        samples=np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32),
+        sample_rate=int(rate),
+    )
