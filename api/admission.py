@@ -8,7 +8,9 @@ import math
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
+from api.modes import choose
 from api.schemas import JobCreate
 from core.engines import catalog
 from core.errors import (
@@ -17,12 +19,11 @@ from core.errors import (
     UnknownEngine,
     UnknownVoice,
     UnsupportedFormat,
-    UnsupportedMode,
     ValidationFailed,
 )
 from core.settings import Settings
 from core.text import markup_kinds, normalize
-from core.webhooks import check_webhook_url
+from db.engines import registered_specs
 from db.models import Job
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -66,7 +67,7 @@ def check_storable(body: BaseModel) -> None:
             raise ValidationFailed(f"{field} {problem}", field=field.split(".")[0])
 
 
-def admit(body: JobCreate, settings: Settings) -> Job:
+def admit(session: Session, body: JobCreate, settings: Settings) -> Job:
     """Validate `body` against settings and engine capabilities; return an unsaved Job."""
     check_storable(body)
     text = normalize(body.text)
@@ -76,7 +77,7 @@ def admit(body: JobCreate, settings: Settings) -> Job:
             "Split it into several jobs.",
             field="text",
         )
-    engines = catalog(settings)
+    engines = catalog(settings, registered_specs(session))
     engine_name = body.engine or settings.default_engine
     spec = engines.get(engine_name)
     if spec is None:
@@ -94,19 +95,7 @@ def admit(body: JobCreate, settings: Settings) -> Job:
             f"choose one of {sorted(spec.voices)}",
             field="voice",
         )
-    instruction = body.instruction.strip() if body.instruction else None
-    if instruction:
-        if "instruct" not in spec.modes:
-            raise UnsupportedMode(
-                f"engine {engine_name!r} does not take style instructions; engines with the "
-                f"instruct mode: {sorted(n for n, s in engines.items() if 'instruct' in s.modes)}",
-                field="instruction",
-            )
-        if len(instruction) > settings.max_instruction_chars or "\x00" in instruction:
-            raise ValidationFailed(
-                f"instruction must be at most {settings.max_instruction_chars} characters of text",
-                field="instruction",
-            )
+    speaking = choose(session, body, spec, engines, settings)
     if body.format not in spec.formats:
         raise UnsupportedFormat(
             f"format {body.format!r} is not supported; choose one of {list(spec.formats)}",
@@ -125,8 +114,7 @@ def admit(body: JobCreate, settings: Settings) -> Job:
         raise ValidationFailed(
             f"sample_rate must be one of {list(SAMPLE_RATES)}", field="sample_rate"
         )
-    if body.webhook_url is not None:
-        check_webhook_url(body.webhook_url, allow_private=settings.webhook_allow_private)
+    # The webhook URL is checked (and its host resolved) by api/submit.py before any query.
     metadata = body.metadata or {}
     encoded = json.dumps(metadata)
     if "\\u0000" in encoded:
@@ -139,7 +127,10 @@ def admit(body: JobCreate, settings: Settings) -> Job:
     return Job(
         engine=engine_name,
         voice=voice,
-        instruction=instruction or None,
+        mode=speaking.mode.value,
+        voice_id=speaking.voice_id,
+        language=speaking.language,
+        instruction=speaking.instruction,
         text=text,
         format=body.format,
         sample_rate=body.sample_rate,

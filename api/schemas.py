@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.enums import JobStatus, Priority, VoiceStatus
+from core.enums import JobMode, JobStatus, Priority, VoiceStatus
 
 MAX_METADATA_DEPTH = 32
 
@@ -51,6 +52,23 @@ class JobCreate(BaseModel):
     speed: float = Field(1.0, description="Speaking rate multiplier.")
     webhook_url: str | None = Field(
         None, description="Receives signed Standard Webhooks events for this job."
+    )
+    mode: JobMode | None = Field(
+        None,
+        description="`preset` (the engine's voice, or the farm's default voice), `clone` "
+        "(speak with `voice_id`), `cross_lingual` (`voice_id` speaking another language), "
+        "`instruct` (follow `instruction`). Default: `instruct` with an instruction, `clone` "
+        "with a `voice_id`, else `preset`. `GET /v1/engines` lists each engine's modes.",
+    )
+    voice_id: uuid.UUID | None = Field(
+        None, description="A cloned voice (`POST /v1/voices`) in status `ready`."
+    )
+    language: str | None = Field(
+        None,
+        max_length=16,
+        pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$",
+        description="Language of `text` (ISO 639-1, e.g. `en`, `zh`, `yue`), for cross-lingual "
+        "cloning and engines that need it.",
     )
     priority: Priority = Priority.interactive
     metadata: dict[str, Any] | None = Field(
@@ -97,6 +115,9 @@ class JobOut(BaseModel):
     status: JobStatus
     engine: str
     voice: str | None
+    mode: JobMode
+    voice_id: str | None
+    language: str | None
     instruction: str | None
     format: str
     priority: str
@@ -109,6 +130,9 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     error: JobError | None
     result: JobResult | None
+    quality: dict[str, float] | None = Field(
+        None, description="Measured on the result: `speaker_similarity` (clone modes, -1..1)."
+    )
     links: JobLinks
 
 
@@ -141,6 +165,9 @@ class EngineOut(BaseModel):
     name: str
     default: bool
     modes: list[str]
+    voice_modes: list[str] = Field(
+        description="Modes that speak with a cloned voice: `voice_id`, or the default voice"
+    )
     markup: list[str]
     languages: list[str]
     sample_rate: int

@@ -6,11 +6,12 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.admission import admit, request_hash
+from api.admission import admit, check_storable, request_hash
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import JobCreate
 from core.errors import IdempotencyConflict
 from core.settings import Settings
+from core.webhooks import check_webhook_url
 from db import jobs as q
 from db.models import Job
 from db.session import after_commit, rollback
@@ -22,12 +23,17 @@ def submit(
 ) -> tuple[Job, bool]:
     """(job, replayed). Only flushes: the request boundary commits, and the message is sent
     after that commit (house rule 2), or never when it rolls back."""
+    check_storable(body)
     digest = request_hash(body)
+    if body.webhook_url is not None:
+        # First, before any query: the check resolves the host, and a slow (or hostile) name
+        # server must not keep a pooled connection idle in a transaction meanwhile.
+        check_webhook_url(body.webhook_url, allow_private=settings.webhook_allow_private)
     if idempotency_key:
         existing = q.find_by_idempotency_key(session, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), True
-    job = admit(body, settings)
+    job = admit(session, body, settings)
     job.idempotency_key = idempotency_key
     job.request_hash = digest
     try:

@@ -7,6 +7,7 @@ capabilities so admission can reject a job no worker could ever run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.settings import Settings
 from core.text import MarkupKind
@@ -26,7 +27,42 @@ class EngineSpec:
     voices: frozenset[str] | None = None
     formats: tuple[str, ...] = AUDIO_FORMATS
     speed_range: tuple[float, float] = (0.5, 2.0)
+    # Modes that speak with a cloned voice: the job names one (`voice_id`) or the farm's
+    # default voice (VOICEFARM_DEFAULT_VOICE_ID) is used; without either, `voice_required`.
+    voice_modes: frozenset[str] = frozenset()
     extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "modes": sorted(self.modes),
+            "markup": sorted(self.markup),
+            "languages": sorted(self.languages),
+            "sample_rate": self.sample_rate,
+            "default_voice": self.default_voice,
+            "voices": None if self.voices is None else sorted(self.voices),
+            "formats": list(self.formats),
+            "speed_range": list(self.speed_range),
+            "voice_modes": sorted(self.voice_modes),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EngineSpec:
+        voices = data.get("voices")
+        return cls(
+            name=str(data["name"]),
+            modes=frozenset(data.get("modes", ["preset"])),
+            markup=frozenset(MarkupKind(m) for m in data.get("markup", [])),
+            languages=frozenset(data.get("languages", [])),
+            sample_rate=int(data.get("sample_rate", 16000)),
+            default_voice=data.get("default_voice"),
+            voices=None if voices is None else frozenset(voices),
+            formats=tuple(data.get("formats", AUDIO_FORMATS)),
+            speed_range=(float(data["speed_range"][0]), float(data["speed_range"][1]))
+            if "speed_range" in data
+            else (0.5, 2.0),
+            voice_modes=frozenset(data.get("voice_modes", [])),
+        )
 
 
 PIPER_BUNDLED_VOICE = "en_US-joe-medium"
@@ -44,14 +80,17 @@ BUILTIN: dict[str, EngineSpec] = {
         default_voice=PIPER_BUNDLED_VOICE,
         voices=frozenset({PIPER_BUNDLED_VOICE}),
     ),
+    # CosyVoice 2/3 models ship no speakers: every mode speaks with a cloned voice (the job's
+    # or the farm's default). `voice` may still name an SFT speaker of a model that has them.
     "cosyvoice": EngineSpec(
         name="cosyvoice",
-        modes=frozenset({"preset", "instruct"}),
+        modes=frozenset({"preset", "clone", "cross_lingual", "instruct"}),
         markup=frozenset({MarkupKind.pinyin, MarkupKind.arpabet}),
         languages=COSYVOICE_LANGUAGES,
         sample_rate=24000,
         default_voice=None,
-        voices=None,  # the model's own speakers; the worker checks the name
+        voices=None,
+        voice_modes=frozenset({"preset", "clone", "cross_lingual", "instruct"}),
     ),
 }
 
@@ -67,17 +106,26 @@ def parse_extra_engines(raw: str) -> dict[str, str]:
     return out
 
 
-def catalog(settings: Settings) -> dict[str, EngineSpec]:
-    """The engines admission accepts: the enabled built-ins plus any extra ones."""
+def catalog(
+    settings: Settings, registered: dict[str, EngineSpec] | None = None
+) -> dict[str, EngineSpec]:
+    """The engines admission accepts: the enabled built-ins plus any extra ones.
+
+    Capabilities come from the engine classes: the built-in classes declare the specs above
+    (a unit test holds them to it), and every worker records the spec its engine classes declare
+    in PostgreSQL when it starts (`registered`, db/engines.py). An extra engine no worker has
+    registered yet is offered with the least it can do (`preset`), never with invented modes."""
+    registered = registered or {}
     enabled = {n.strip() for n in settings.engines.split(",") if n.strip()}
     enabled.add(settings.default_engine)
     specs = {name: spec for name, spec in BUILTIN.items() if name in enabled}
     for name in parse_extra_engines(settings.extra_engines):
         specs.setdefault(
             name,
-            EngineSpec(
+            registered.get(name)
+            or EngineSpec(
                 name=name,
-                modes=frozenset({"preset", "instruct"}),
+                modes=frozenset({"preset"}),
                 markup=frozenset(MarkupKind),
                 languages=frozenset(),
                 sample_rate=16000,

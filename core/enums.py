@@ -16,6 +16,18 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
 
+class JobMode(StrEnum):
+    """How a job speaks. `preset`: the engine's own voice, or the farm's default voice on
+    engines that only speak with cloned voices; `clone`: a cloned voice (3-second cloning);
+    `cross_lingual`: a cloned voice speaking another language; `instruct`: a natural-language
+    style or dialect instruction ("用四川话说这句话")."""
+
+    preset = "preset"
+    clone = "clone"
+    cross_lingual = "cross_lingual"
+    instruct = "instruct"
+
+
 class VoiceStatus(StrEnum):
     """A cloned voice: `processing` until a worker has validated its recording and computed its
     speaker embedding, then `ready`, or `failed` with a code (VoiceErrorCode)."""

@@ -65,6 +65,16 @@ class UnsupportedMode(VoicefarmError):
     code = "unsupported_mode"
 
 
+class VoiceRequired(VoicefarmError):
+    status_code = 422
+    code = "voice_required"
+
+
+class VoiceNotReady(VoicefarmError):
+    status_code = 422
+    code = "voice_not_ready"
+
+
 class VoiceNotFound(VoicefarmError):
     status_code = 404
     code = "voice_not_found"

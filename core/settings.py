@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(5000, ge=1)
     max_metadata_bytes: int = Field(4096, ge=0)
     default_engine: str = "piper"
+    # The cloned voice (a `POST /v1/voices` id) that engines which only speak with cloned
+    # voices (CosyVoice 2/3) use for jobs that name none; unset: such jobs need `voice_id`.
+    default_voice_id: uuid.UUID | None = None
     # Built-in engines this farm takes jobs for (a worker must serve each): "piper,cosyvoice".
     engines: str = "piper"
     max_instruction_chars: int = Field(500, ge=1)
@@ -112,6 +116,10 @@ class Settings(BaseSettings):
     # Prepared voices a CosyVoice worker keeps loaded in the model (LRU).
     cosyvoice_loaded_voices: int = Field(64, ge=1)
     segment_max_chars: int = Field(400, ge=20)
+    # Prepared voice prompts in Redis: entries larger than this stay in storage only; each
+    # lives this long in Redis (storage keeps them behind it).
+    prompt_cache_max_bytes: int = Field(32 * 1024 * 1024, ge=0)
+    prompt_cache_ttl_seconds: float = Field(7 * 86400, gt=0)
     # Slowest expected synthesis per character: a segment may run WORKER_HANG_SECONDS plus this
     # much per character (within the job deadline) before its worker counts as hung.
     segment_seconds_per_char: float = Field(0.2, gt=0)

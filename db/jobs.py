@@ -37,6 +37,7 @@ class AudioResult:
     duration_s: float
     bytes: int
     sha256: str
+    quality: dict[str, float] | None = None
 
 
 def get_job(session: Session, job_id: uuid.UUID, *, lock: bool = False) -> Job:
@@ -144,6 +145,7 @@ def finish_success(
         result_duration_s=result.duration_s,
         result_bytes=result.bytes,
         result_sha256=result.sha256,
+        quality=result.quality,
     )
 
 

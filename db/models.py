@@ -193,3 +193,17 @@ class Voice(Base):
     )
 
     __table_args__ = (Index("ix_voices_created_at_id", "created_at", "id"),)
+
+
+class EngineRegistration(Base):
+    """The capabilities a worker's engine class declares, recorded when the worker starts, so
+    admission checks jobs against what the code says rather than a hand-kept copy."""
+
+    __tablename__ = "engine_registrations"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    worker_id: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )

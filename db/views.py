@@ -32,6 +32,9 @@ def job_view(job: Job, base_url: str) -> dict[str, Any]:
         "status": job.status,
         "engine": job.engine,
         "voice": job.voice,
+        "mode": job.mode,
+        "voice_id": None if job.voice_id is None else str(job.voice_id),
+        "language": job.language,
         "instruction": job.instruction,
         "format": job.format,
         "priority": job.priority,
@@ -47,6 +50,7 @@ def job_view(job: Job, base_url: str) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "error": error,
         "result": result,
+        "quality": job.quality,
         "links": {
             "self": self_url,
             "cancel": f"{self_url}/cancel",

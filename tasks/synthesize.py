@@ -30,8 +30,13 @@ from tasks.app import celery_app
 from tasks.send import send_synthesize, send_webhooks
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sqlalchemy.orm import Session
+
     from workers.audio import WavFileWriter
-    from workers.engines.base import Audio, Engine
+    from workers.engines.base import Audio, Engine, PreparedVoice
+    from workers.prompt_cache import VoiceRef
     from workers.runtime import Runtime
 
 log = logging.getLogger("voicefarm.jobs")
@@ -52,6 +57,10 @@ class JobInput:
     format: str
     sample_rate: int | None
     speed: float
+    mode: str = "preset"
+    language: str | None = None
+    # The cloned voice the job speaks with.
+    voice_id: uuid.UUID | None = None
 
 
 class Stopped(Exception):
@@ -177,7 +186,16 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
             return
         job = q.get_job(s, job_id)
         inp = JobInput(
-            job.engine, job.voice, job.instruction, job.text, job.format, job.sample_rate, job.speed
+            job.engine,
+            job.voice,
+            job.instruction,
+            job.text,
+            job.format,
+            job.sample_rate,
+            job.speed,
+            job.mode,
+            job.language,
+            job.voice_id,
         )
         # A release keeps its error code on the row until the next finish: this says whether an
         # earlier attempt of this job already took a worker down with CUDA OOM.
@@ -242,6 +260,12 @@ def _synthesize_and_store(
 ) -> None:
     settings = rt.settings
     engine = rt.engine(inp.engine)
+    prompt, cloned = None, None
+    if inp.voice_id is not None:
+        with session_scope(settings.database_url) as s:
+            cloned = _voice_ref(s, inp.voice_id)
+        # Prepared once per (engine, weights, recording, transcript): usually a cache hit.
+        prompt = rt.prompts().prepared(engine, cloned)
     segments = split_segments(inp.text, settings.segment_max_chars)
     _beat(rt, claim, keeper, done=0, total=len(segments), started=t0, segments=segments)
     synth_seconds = 0.0
@@ -256,7 +280,7 @@ def _synthesize_and_store(
             )
             return
         s0 = time.perf_counter()
-        writer.add_all(_synthesize_segment(engine, segment, inp))
+        writer.add_all(_synthesize_segment(engine, segment, inp, prompt))
         synth_seconds += time.perf_counter() - s0
         _beat(rt, claim, keeper, done=i + 1, total=len(segments), started=t0, segments=segments)
 
@@ -267,6 +291,7 @@ def _synthesize_and_store(
         log.warning("event=jobs.empty_audio job=%s attempt=%d", claim.job_id, claim.attempt)
         return
     encoded = writer.finish()
+    quality = _quality(inp.engine, cloned, encoded.path)
     key = job_audio_key(str(claim.job_id), claim.attempt, encoded.format)
     storage = get_storage(settings)
     u0 = time.perf_counter()
@@ -279,6 +304,7 @@ def _synthesize_and_store(
         encoded.duration_s,
         encoded.bytes,
         encoded.sha256,
+        quality,
     )
     with session_scope(settings.database_url) as s:
         deliveries = q.finish_success(s, claim, result, settings.public_base_url)
@@ -306,7 +332,45 @@ def _synthesize_and_store(
     )
 
 
-def _synthesize_segment(engine: Engine, text: str, inp: JobInput) -> list[Audio]:
+def _voice_ref(session: Session, voice_id: uuid.UUID) -> VoiceRef:
+    from db.models import Voice
+    from workers.prompt_cache import VoiceRef
+
+    voice = session.get(Voice, voice_id)
+    if voice is None or voice.status != "ready" or not voice.prompt_key or not voice.audio_sha256:
+        # Deleted or reprocessed since admission: retrying cannot help.
+        raise RequestRejected(f"voice {voice_id} is not ready (deleted or being reprocessed)")
+    return VoiceRef(
+        voice.id,
+        voice.revision,
+        voice.transcript,
+        voice.language,
+        voice.prompt_key,
+        voice.audio_sha256,
+        list(voice.embedding) if voice.embedding else None,
+    )
+
+
+def _quality(engine: str, cloned: VoiceRef | None, wav_path: Path) -> dict[str, float] | None:
+    """Speaker similarity of a cloned voice's output to the voice (same encoder as the voice's
+    embedding). A measurement, never a reason to fail the job."""
+    if cloned is None or not cloned.embedding:
+        return None
+    try:
+        from workers import metrics
+        from workers.quality import similarity_to
+
+        score = similarity_to(wav_path, cloned.embedding)
+    except Exception:
+        log.warning("event=jobs.similarity_failed engine=%s", engine, exc_info=True)
+        return None
+    metrics.SPEAKER_SIMILARITY.labels(engine).observe(score)
+    return {"speaker_similarity": round(score, 4)}
+
+
+def _synthesize_segment(
+    engine: Engine, text: str, inp: JobInput, prompt: PreparedVoice | None
+) -> list[Audio]:
     """Synthesize one segment; on CUDA OOM free the cache and retry with smaller pieces."""
     from workers import device as devices
     from workers.engines.base import SegmentRequest
@@ -316,10 +380,16 @@ def _synthesize_segment(engine: Engine, text: str, inp: JobInput) -> list[Audio]
         try:
             out: list[Audio] = []
             for piece in pieces:
-                options = {"instruction": inp.instruction} if inp.instruction else None
-                out.extend(
-                    engine.synthesize([SegmentRequest(piece, inp.voice, inp.speed, options)])
+                request = SegmentRequest(
+                    piece,
+                    inp.voice,
+                    inp.speed,
+                    mode=inp.mode,
+                    prompt=prompt,
+                    instruction=inp.instruction,
+                    language=inp.language,
                 )
+                out.extend(engine.synthesize([request]))
             return out
         except Exception as exc:
             if not devices.is_oom(exc):

@@ -37,3 +37,16 @@ ORPHANS_DELETED = Counter(
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
     start_http_server(port, addr=host)
+
+
+PROMPT_CACHE = Counter(
+    "voicefarm_prompt_cache_total",
+    "Prepared voice prompts: hit (Redis), reload (from storage) or compute",
+    ["engine", "result"],
+)
+SPEAKER_SIMILARITY = Histogram(
+    "voicefarm_speaker_similarity",
+    "Cosine similarity of a clone job's output to its voice (speaker embeddings)",
+    ["engine"],
+    buckets=(0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0),
+)

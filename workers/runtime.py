@@ -6,6 +6,7 @@ never in a parent that forks; handed to every task through `current()`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from workers import device as devices
 from workers import heartbeat
 from workers.engines.base import Engine
 from workers.engines.registry import create_engine
+from workers.prompt_cache import PromptCache
 
 log = logging.getLogger("voicefarm.worker")
 
@@ -33,6 +35,20 @@ class Runtime:
     dtype: str
     engines: dict[str, Engine] = field(default_factory=dict)
     heartbeat_file: Path | None = None
+    _prompts: PromptCache | None = None
+
+    def prompts(self) -> PromptCache:
+        """The prepared-prompt cache (Redis in front of storage), made on first use."""
+        if self._prompts is None:
+            import redis
+
+            from core.storage import get_storage
+
+            client = redis.Redis.from_url(
+                self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+            )
+            self._prompts = PromptCache(self.settings, get_storage(self.settings), client)
+        return self._prompts
 
     def engine(self, name: str) -> Engine:
         engine = self.engines.get(name)
@@ -84,9 +100,25 @@ def start(settings: Settings, hostname: str | None = None) -> Runtime:
             dtype,
             time.perf_counter() - t0,
         )
+    _register(rt)
     rt.beat()
     _runtime = rt
     return rt
+
+
+def _register(rt: Runtime) -> None:
+    """Record what each loaded engine class declares, for admission (core.engines.catalog).
+    Best effort: a database that is down now only delays the record until the next start."""
+    from db import engines as registry
+    from db.session import session_scope
+
+    try:
+        with session_scope(rt.settings.database_url) as s:
+            for name, engine in rt.engines.items():
+                # Under the name this farm serves it by (an extra engine may reuse a class).
+                registry.register(s, dataclasses.replace(engine.spec, name=name), rt.worker_id)
+    except Exception:
+        log.warning("event=engine.register_failed engines=%s", sorted(rt.engines), exc_info=True)
 
 
 def current() -> Runtime:

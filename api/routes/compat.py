@@ -13,6 +13,7 @@ per API process: past that, 429 with Retry-After. New clients should use /v1/job
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,8 +26,8 @@ from api.deps import SettingsDep, WaiterDep
 from api.errors import responses, validation_error
 from api.schemas import JobCreate
 from api.submit import submit
-from core.engines import catalog
-from core.enums import JobStatus
+from core.engines import EngineSpec, catalog
+from core.enums import JobMode, JobStatus
 from core.errors import (
     IdempotencyConflict,
     MarkupInvalid,
@@ -39,34 +40,53 @@ from core.errors import (
 )
 from core.settings import Settings
 from db import jobs as q
+from db.engines import registered_specs
 from db.session import session_scope
 from db.views import job_view
 
 router = APIRouter(tags=["compat"])
 
-CLONE_MODES = ("3s极速复刻", "跨语种复刻", "clone", "cross_lingual")
-INSTRUCT_MODES = ("自然语言控制", "instruct")
+# The WebUI's mode names (and plain English ones) -> job modes.
+MODES = {
+    "预训练音色": JobMode.preset,
+    "preset": JobMode.preset,
+    "3s极速复刻": JobMode.clone,
+    "clone": JobMode.clone,
+    "跨语种复刻": JobMode.cross_lingual,
+    "cross_lingual": JobMode.cross_lingual,
+    "自然语言控制": JobMode.instruct,
+    "instruct": JobMode.instruct,
+}
 
 
 class PredictIn(BaseModel):
     model_config = ConfigDict(extra="allow")  # Gradio clients also send fn_index, session_hash
 
     data: list[Any] = Field(
-        ..., min_length=3, description="[mode, prompt audio, text, instruction]"
+        ...,
+        min_length=3,
+        description="[mode, prompt voice (a voice id) or null, text, instruction]",
     )
 
 
-def _engine_for(mode: str, settings: Settings) -> str:
-    if mode not in INSTRUCT_MODES:
-        return settings.default_engine
-    engines = catalog(settings)
-    if "instruct" in engines[settings.default_engine].modes:
+@dataclass(frozen=True)
+class PredictCall:
+    mode: JobMode
+    text: str
+    voice_id: uuid.UUID | None
+    instruction: str | None
+
+
+def _engine_for(mode: JobMode, engines: dict[str, EngineSpec], settings: Settings) -> str:
+    default = engines.get(settings.default_engine)
+    if default is not None and mode in default.modes:
         return settings.default_engine
     for name, spec in engines.items():
-        if "instruct" in spec.modes:
+        if mode in spec.modes:
             return name
     raise UnsupportedMode(
-        "no enabled engine takes natural-language instructions (enable cosyvoice)", field="data"
+        f"no enabled engine has mode {mode.value!r} (enable cosyvoice: VOICEFARM_ENGINES)",
+        field="data",
     )
 
 
@@ -91,9 +111,9 @@ async def predict(
     body: PredictIn, request: Request, settings: SettingsDep, waiter: WaiterDep
 ) -> JSONResponse:
     """Gradio-style synchronous call: submits a job and waits for its audio URL."""
-    job_in = _job_request(body, settings)
+    call = _job_request(body)
     async with waiter.slot():
-        job_id = await run_in_threadpool(_submit, settings, job_in)
+        job_id = await run_in_threadpool(_submit, settings, call)
         await waiter.wait(job_id, settings.predict_timeout_seconds, request.is_disconnected)
     view = await run_in_threadpool(_view, settings, job_id)
     if view["status"] == JobStatus.succeeded:
@@ -122,30 +142,46 @@ async def predict(
     )
 
 
-def _job_request(body: PredictIn, settings: Settings) -> JobCreate:
-    mode, prompt_audio, text = body.data[0], body.data[1], body.data[2]
+def _job_request(body: PredictIn) -> PredictCall:
+    name, prompt, text = body.data[0], body.data[1], body.data[2]
     instruction = body.data[3] if len(body.data) > 3 else None
-    if not isinstance(mode, str) or not isinstance(text, str):
-        raise ValidationFailed("data must be [mode, prompt audio, text, instruction]", field="data")
-    if prompt_audio is not None or mode in CLONE_MODES:
-        raise UnsupportedMode(
-            "voice cloning from reference audio is not available through this API yet",
-            field="data",
-        )
+    if not isinstance(name, str) or not isinstance(text, str):
+        raise ValidationFailed("data must be [mode, prompt voice, text, instruction]", field="data")
+    mode = MODES.get(name.strip())
+    if mode is None:
+        raise UnsupportedMode(f"mode must be one of {sorted(MODES)}", field="data")
     if instruction is not None and not isinstance(instruction, str):
         raise ValidationFailed("the instruction (data[3]) must be text", field="data")
-    try:
-        return JobCreate(
-            text=text,
-            engine=_engine_for(mode, settings),
-            instruction=(instruction or None) if mode in INSTRUCT_MODES else None,
-        )
-    except PydanticValidationError as exc:
-        raise validation_error(exc.errors()) from None
+    voice_id = None
+    if prompt is not None:
+        # A voice uploaded with POST /v1/voices (3-15 s and its transcript), named by its id.
+        try:
+            voice_id = uuid.UUID(str(prompt)) if isinstance(prompt, str) else None
+        except ValueError:
+            voice_id = None
+        if voice_id is None:
+            raise ValidationFailed(
+                "the prompt (data[1]) must be a voice id from POST /v1/voices, or null",
+                field="data",
+            )
+    return PredictCall(
+        mode, text, voice_id, (instruction or None) if mode == JobMode.instruct else None
+    )
 
 
-def _submit(settings: Settings, job_in: JobCreate) -> uuid.UUID:
+def _submit(settings: Settings, call: PredictCall) -> uuid.UUID:
     with session_scope(settings.database_url) as session:
+        engines = catalog(settings, registered_specs(session))
+        try:
+            job_in = JobCreate(
+                text=call.text,
+                engine=_engine_for(call.mode, engines, settings),
+                mode=call.mode,
+                voice_id=call.voice_id,
+                instruction=call.instruction,
+            )
+        except PydanticValidationError as exc:
+            raise validation_error(exc.errors()) from None
         job, _ = submit(session, settings, job_in)
         job_id: uuid.UUID = job.id
     return job_id

@@ -241,25 +241,6 @@ def test_broker_down_at_admission_still_answers_202_and_keeps_the_job(
     assert _queued_messages(redis_client) == 1
 
 
-def test_reconciler_leaves_a_backlog_alone_and_republishes_lost_messages(
-    client: TestClient, db: str, redis_client: Any
-) -> None:
-    from sqlalchemy import text
-
-    from db.session import get_engine
-    from tasks.maintenance import reconcile
-
-    for i in range(3):
-        assert client.post("/v1/jobs", json={"text": f"waiting {i}"}).status_code == 202
-    with get_engine(db).begin() as c:
-        c.execute(text("UPDATE jobs SET dispatched_at = now() - interval '1 minute'"))
-    assert reconcile()["republished"] == 0  # their messages are still in the queue
-    assert _queued_messages(redis_client) == 3
-    redis_client.delete("synth.piper")  # the broker loses them
-    assert reconcile()["republished"] == 3
-    assert _queued_messages(redis_client) == 3
-
-
 def test_engines_lists_piper_with_its_voice_and_markup(client: TestClient) -> None:
     engines = {e["name"]: e for e in client.get("/v1/engines").json()}
     piper = engines["piper"]

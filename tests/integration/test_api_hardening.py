@@ -106,7 +106,10 @@ def test_hand_made_cursors_are_normalised_or_refused(client: TestClient) -> None
 
 
 def test_predict_refuses_bad_unicode_and_empty_text(client: TestClient, db: str) -> None:
-    for raw in (b'{"data": ["x", null, "abc \\ud800"]}', b'{"data": ["x", null, "\\u200b"]}'):
+    for raw in (
+        '{"data": ["预训练音色", null, "abc \\ud800"]}'.encode(),
+        '{"data": ["预训练音色", null, "\\u200b"]}'.encode(),
+    ):
         r = client.post("/api/predict", content=raw, headers=JSON)
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] in ("validation_failed", "text_empty")

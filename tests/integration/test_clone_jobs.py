@@ -1,0 +1,228 @@
+"""Jobs that speak with cloned voices: admission by mode and engine capability, the voice a job
+resolves to, and the prepared-prompt cache (Redis in front of storage) in a real worker.
+
+The `clonetone` fixture engine declares the modes CosyVoice declares and logs what reaches it;
+it stands in here because the job plumbing is under test. CosyVoice itself runs against the
+official code in test_cosyvoice_real.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from core.settings import get_settings
+from core.storage import get_storage
+from db.models import Job, Voice
+from db.session import get_sessionmaker
+from tests.fixtures.api import use_settings
+from tests.fixtures.processes import Proc, start_worker, wait_until
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def add_voice(
+    db: str, *, status: str = "ready", transcript: str = "Hello there.", seconds: float = 4.0
+) -> uuid.UUID:
+    """A voice as the voices pipeline leaves it: its prompt WAV in storage and its row."""
+    rate = 16000
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.3 * np.sin(2 * np.pi * (140 + 40 * t) * t)).astype(np.float32)
+    buf = io.BytesIO()
+    soundfile.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    data = buf.getvalue()
+    voice_id = uuid.uuid4()
+    key = f"voices/{voice_id}/prompt.wav"
+    get_storage(get_settings()).put(key, data, "audio/wav")
+    with get_sessionmaker(db)() as s:
+        s.add(
+            Voice(
+                id=voice_id,
+                name="test voice",
+                transcript=transcript,
+                status=status,
+                revision=1,
+                prompt_key=key,
+                audio_sha256=hashlib.sha256(data).hexdigest(),
+                sample_rate=rate,
+                duration_s=seconds,
+                attempts=1,
+            )
+        )
+        s.commit()
+    return voice_id
+
+
+def _jobs(db: str) -> int:
+    with get_sessionmaker(db)() as s:
+        return s.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def test_modes_are_checked_against_the_engine(client: TestClient, db: str) -> None:
+    voice = add_voice(db)
+    r = client.post("/v1/jobs", json={"text": "hi", "mode": "clone", "voice_id": str(voice)})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unsupported_mode"
+    assert "'piper'" in r.json()["error"]["message"] and "preset" in r.json()["error"]["message"]
+    r = client.post("/v1/jobs", json={"text": "hi", "voice_id": str(voice)})  # clone implied
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unsupported_mode"
+
+    use_settings(client, engines="piper,cosyvoice")
+    r = client.post(
+        "/v1/jobs", json={"text": "你好", "engine": "cosyvoice", "instruction": "用四川话说这句话"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "voice_required"
+    r = client.post("/v1/jobs", json={"text": "你好", "engine": "cosyvoice"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "voice_required"
+    r = client.post(
+        "/v1/jobs", json={"text": "hi", "engine": "cosyvoice", "voice_id": str(uuid.uuid4())}
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_voice"
+    pending = add_voice(db, status="processing")
+    r = client.post(
+        "/v1/jobs", json={"text": "hi", "engine": "cosyvoice", "voice_id": str(pending)}
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "voice_not_ready"
+    r = client.post(
+        "/v1/jobs",
+        json={"text": "hi", "engine": "cosyvoice", "mode": "clone", "instruction": "loudly"},
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed"
+    r = client.post("/v1/jobs", json={"text": "hi", "engine": "cosyvoice", "language": "EN!"})
+    assert r.status_code == 422
+    assert _jobs(db) == 0
+
+    ok = client.post(
+        "/v1/jobs",
+        json={
+            "text": "你好",
+            "engine": "cosyvoice",
+            "voice_id": str(voice),
+            "instruction": "用四川话说这句话",
+        },
+    )
+    assert ok.status_code == 202, ok.text
+    job = ok.json()
+    assert job["mode"] == "instruct" and job["voice_id"] == str(voice)
+
+
+def test_a_job_without_a_voice_uses_the_default_voice(client: TestClient, db: str) -> None:
+    voice = add_voice(db)
+    use_settings(client, engines="piper,cosyvoice", default_voice_id=str(voice))
+    r = client.post("/v1/jobs", json={"text": "你好", "engine": "cosyvoice"})
+    assert r.status_code == 202, r.text
+    assert r.json()["mode"] == "preset" and r.json()["voice_id"] == str(voice)
+
+
+@pytest.fixture
+def clone_worker(db: str, log_dir: Path, tmp_path: Path) -> Iterator[tuple[Proc, Path, Path]]:
+    prepares, synths = tmp_path / "prepare.jsonl", tmp_path / "synth.jsonl"
+    proc = start_worker(
+        log_dir,
+        "clonetone",
+        name="clone",
+        extra_queues="",
+        env={"FIXTURE_PREPARE_LOG": str(prepares), "FIXTURE_SYNTH_LOG": str(synths)},
+    )
+    yield proc, prepares, synths
+    proc.stop()
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _run(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    r = client.post("/v1/jobs", json={"engine": "clonetone", **body})
+    assert r.status_code == 202, r.text
+
+    def done() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{r.json()['id']}").json()
+        return job if job["status"] in TERMINAL else None
+
+    return wait_until(done, timeout=60, what="the job")
+
+
+def test_prompts_are_prepared_once_and_survive_a_redis_flush(
+    client: TestClient,
+    db: str,
+    redis_client: Any,
+    clone_worker: tuple[Proc, Path, Path],
+) -> None:
+    proc, prepares, synths = clone_worker
+    voice = add_voice(db, transcript="The quick brown fox.")
+    first = _run(client, {"text": "One. Two.", "voice_id": str(voice)})
+    assert first["status"] == "succeeded", proc.tail()
+    assert first["mode"] == "clone"
+    assert len(_lines(prepares)) == 1
+    calls = _lines(synths)
+    assert calls and all(c["prompt"]["transcript"] == "The quick brown fox." for c in calls)
+    assert all(c["mode"] == "clone" for c in calls)
+
+    assert _run(client, {"text": "Again.", "voice_id": str(voice)})["status"] == "succeeded"
+    assert len(_lines(prepares)) == 1  # a Redis hit
+
+    assert redis_client.flushdb()  # Redis restarted empty: reload from storage, no recompute
+    again = _run(client, {"text": "Once more.", "voice_id": str(voice)})
+    assert again["status"] == "succeeded", proc.tail()
+    assert len(_lines(prepares)) == 1
+    log = proc.log.read_text()
+    assert log.count("event=prompts.compute") == 1 and log.count("event=prompts.hit") == 1
+    assert log.count("event=prompts.reload") == 1
+
+    # A corrected transcript is a new prompt: prepared again, and used.
+    with get_sessionmaker(db)() as s:
+        row = s.get(Voice, voice)
+        assert row is not None
+        row.transcript, row.revision = "The quick brown dog.", 2
+        s.commit()
+    fixed = _run(client, {"text": "Fixed.", "voice_id": str(voice), "mode": "cross_lingual"})
+    assert fixed["status"] == "succeeded" and fixed["mode"] == "cross_lingual"
+    assert [p["transcript"] for p in _lines(prepares)] == [
+        "The quick brown fox.",
+        "The quick brown dog.",
+    ]
+    assert _lines(synths)[-1]["prompt"]["transcript"] == "The quick brown dog."
+
+
+def test_instruct_reaches_the_engine_and_a_deleted_voice_fails_the_job(
+    client: TestClient, db: str, clone_worker: tuple[Proc, Path, Path]
+) -> None:
+    proc, _, synths = clone_worker
+    done = _run(client, {"text": "她[h][ào]干净", "instruction": "用兴奋的语气说这句话"})
+    assert done["status"] == "succeeded", proc.tail()
+    assert _lines(synths)[-1] == {
+        "mode": "instruct",
+        "text": "她[h][ào]干净",
+        "instruction": "用兴奋的语气说这句话",
+        "prompt": None,
+    }
+    voice = add_voice(db)
+    r = client.post("/v1/jobs", json={"engine": "clonetone", "text": "hi", "voice_id": str(voice)})
+    assert r.status_code == 202
+    proc.signal(19)  # SIGSTOP: hold the job in the queue while its voice goes away
+    try:
+        with get_sessionmaker(db)() as s:
+            row = s.get(Voice, voice)
+            assert row is not None
+            row.status = "failed"
+            s.commit()
+    finally:
+        proc.signal(18)  # SIGCONT
+    job = wait_until(
+        lambda: (j := client.get(f"/v1/jobs/{r.json()['id']}").json())["status"] in TERMINAL and j,
+        timeout=60,
+        what="the job",
+    )
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_input"
+    assert job["attempts"] == 1
