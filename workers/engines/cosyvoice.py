@@ -281,9 +281,10 @@ class CosyVoiceEngine(EngineBase):
             # A fresh CosyVoice 2/3 model has no speakers; only SFT speakers of the model dir.
             if req.mode == "preset" and req.voice in self.sft_speakers:
                 return _join(self._sft(text, req.voice, frontend, kw))
+            named = f"{req.voice!r} is not a speaker of this model; " if req.voice else ""
             raise RequestRejected(
-                f"cosyvoice mode {req.mode!r} needs a voice: give a voice_id, or set the farm's "
-                "default voice; this model directory has "
+                f"cosyvoice mode {req.mode!r} needs a voice: {named}give a voice_id, or set the "
+                "farm's default voice; this model directory has "
                 + (f"the SFT speakers {self.sft_speakers}" if self.sft_speakers else "no speakers")
             )
         feats = self._use_voice(prompt.key, prompt.data)
