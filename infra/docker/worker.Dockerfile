@@ -10,10 +10,12 @@ ARG TORCH_VERSION=2.5.1
 ARG TORCHAUDIO_VERSION=2.5.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
 ARG ONNXRUNTIME_GPU_VERSION=1.20.1
-# Optional: the official CosyVoice checkout (not a pip package) on PYTHONPATH at /opt/CosyVoice.
+# Optional: a snapshot of the official CosyVoice code (not a pip package) at /opt/CosyVoice,
+# at the commit voicefarm is tested with (infra/dev/cosyvoice-src.sh pins it and Matcha-TTS);
+# the engine puts it on sys.path from VOICEFARM_COSYVOICE_SRC.
 ARG INSTALL_COSYVOICE=false
 ARG COSYVOICE_REPO=https://github.com/FunAudioLLM/CosyVoice.git
-ARG COSYVOICE_REF=main
+ARG MATCHA_REPO=https://github.com/shivammehta25/Matcha-TTS.git
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -34,23 +36,20 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" "torchaudio==${TORCHAUDIO_VERSION}"
 
 # CosyVoice's requirements.txt pins torch, pydantic, fastapi, gradio and TensorRT, which would
-# break this image: install only what its inference code imports, around our own pins.
-# hadolint ignore=DL3008,DL3013
-RUN --mount=type=cache,target=/root/.cache/pip \
-    if [ "${INSTALL_COSYVOICE}" = "true" ]; then \
+# break this image: its inference dependencies are the `cosyvoice` extra (installed below with
+# the project); openai-whisper goes in with --no-deps (its requirements pull triton). ffmpeg
+# gives torchaudio's loader its libraries.
+COPY infra/dev/cosyvoice-src.sh /usr/local/bin/cosyvoice-src.sh
+# hadolint ignore=DL3008
+RUN if [ "${INSTALL_COSYVOICE}" = "true" ]; then \
       set -eux; \
       apt-get update; \
-      apt-get install -y --no-install-recommends git git-lfs ffmpeg sox libsox-dev; \
+      apt-get install -y --no-install-recommends git ffmpeg; \
       rm -rf /var/lib/apt/lists/*; \
-      git clone --recursive "${COSYVOICE_REPO}" /opt/CosyVoice; \
-      git -C /opt/CosyVoice checkout "${COSYVOICE_REF}"; \
-      git -C /opt/CosyVoice submodule update --init --recursive; \
-      pip install conformer diffusers hydra-core HyperPyYAML inflect librosa lightning \
-        matplotlib modelscope omegaconf onnx openai-whisper pyworld soundfile transformers \
-        x-transformers wetext; \
+      cosyvoice-src.sh /opt/CosyVoice "${COSYVOICE_REPO}" "${MATCHA_REPO}"; \
     fi
 
-ENV PYTHONPATH=/opt/CosyVoice:/opt/CosyVoice/third_party/Matcha-TTS
+ENV VOICEFARM_COSYVOICE_SRC=/opt/CosyVoice
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -66,6 +65,14 @@ COPY workers ./workers
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install ".[worker]" \
+    && if [ "${INSTALL_COSYVOICE}" = "true" ]; then \
+         # the `cosyvoice` extra, less its torchaudio pin (the image's matches its CUDA torch)
+         python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
+print('\n'.join(r for r in d['project']['optional-dependencies']['cosyvoice'] \
+if not r.startswith('torchaudio')))" > /tmp/cosyvoice.txt \
+         && pip install -r /tmp/cosyvoice.txt "torch==${TORCH_VERSION}" \
+           "torchaudio==${TORCHAUDIO_VERSION}" --extra-index-url "${TORCH_INDEX_URL}" \
+         && pip install --no-deps openai-whisper==20250625; fi \
     && pip uninstall -y onnxruntime \
     && pip install --no-deps --force-reinstall "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" \
     && python -c "import torch, onnxruntime" \
