@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 # Enough speech for a stable speaker embedding; longer outputs are not read past this.
 MAX_SECONDS = 30.0
 
@@ -15,12 +13,9 @@ def similarity_to(wav_path: Path, embedding: list[float]) -> float:
     voice's, from the same encoder), in [-1, 1]."""
     import soundfile
 
-    from workers.voices import embed
+    from workers.voices import embed, similarity
 
     info = soundfile.info(str(wav_path))
     frames = int(min(info.frames, MAX_SECONDS * info.samplerate))
     samples, rate = soundfile.read(str(wav_path), frames=frames, dtype="float32", always_2d=True)
-    ours = embed(samples.mean(axis=1), int(rate))
-    theirs = np.asarray(embedding, dtype=np.float32)
-    denom = float(np.linalg.norm(ours) * np.linalg.norm(theirs)) or 1.0
-    return float(np.dot(ours, theirs) / denom)
+    return similarity(embed(samples.mean(axis=1), int(rate)), embedding)

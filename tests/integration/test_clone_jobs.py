@@ -33,12 +33,19 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def add_voice(
-    db: str, *, status: str = "ready", transcript: str = "Hello there.", seconds: float = 4.0
+    db: str,
+    *,
+    status: str = "ready",
+    transcript: str = "Hello there.",
+    samples: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
 ) -> uuid.UUID:
     """A voice as the voices pipeline leaves it: its prompt WAV in storage and its row."""
-    rate = 16000
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * (140 + 40 * t) * t)).astype(np.float32)
+    rate = 16000 if samples is None else 22050
+    if samples is None:
+        t = np.arange(4 * rate) / rate
+        samples = (0.3 * np.sin(2 * np.pi * (140 + 40 * t) * t)).astype(np.float32)
+    seconds = len(samples) / rate
     buf = io.BytesIO()
     soundfile.write(buf, samples, rate, format="WAV", subtype="PCM_16")
     data = buf.getvalue()
@@ -57,6 +64,7 @@ def add_voice(
                 audio_sha256=hashlib.sha256(data).hexdigest(),
                 sample_rate=rate,
                 duration_s=seconds,
+                embedding=None if embedding is None else [float(x) for x in embedding],
                 attempts=1,
             )
         )
@@ -226,3 +234,27 @@ def test_instruct_reaches_the_engine_and_a_deleted_voice_fails_the_job(
     )
     assert job["status"] == "failed" and job["error"]["code"] == "invalid_input"
     assert job["attempts"] == 1
+
+
+def test_clone_jobs_record_speaker_similarity(
+    client: TestClient, db: str, clone_worker: tuple[Proc, Path, Path]
+) -> None:
+    """The fixture engine speaks a voice's own recording (a perfect clone); the job records how
+    close its output is to the voice's embedding, from the same encoder the voices use."""
+    from tests.fixtures.voice_audio import speech_samples
+    from workers.voices import embed
+
+    proc = clone_worker[0]
+    recording = speech_samples()
+    same = add_voice(db, samples=recording, embedding=embed(recording, 22050))
+    # The same recording filed under another speaker's embedding: a poor match.
+    unrelated = np.sin(np.linspace(0, 4000, 22050 * 4)).astype(np.float32) * 0.3
+    other = add_voice(db, samples=recording, embedding=embed(unrelated, 22050))
+    good = _run(client, {"text": "Hello.", "voice_id": str(same)})
+    bad = _run(client, {"text": "Hello.", "voice_id": str(other)})
+    assert good["status"] == bad["status"] == "succeeded", proc.tail()
+    assert good["quality"]["speaker_similarity"] > 0.9
+    assert bad["quality"]["speaker_similarity"] < good["quality"]["speaker_similarity"] - 0.2
+    # A voice-less job has nothing to compare with.
+    plain = _run(client, {"text": "Plain."})
+    assert plain["status"] == "succeeded" and plain["quality"] is None
