@@ -92,7 +92,7 @@ def db(database: str, redis_client: object) -> Iterator[str]:
     from db.session import get_engine
 
     with get_engine(database).begin() as c:
-        c.execute(text("TRUNCATE jobs, webhook_deliveries, webhook_attempts CASCADE"))
+        c.execute(text("TRUNCATE jobs, webhook_deliveries, webhook_attempts, voices CASCADE"))
     redis_client.flushdb()  # type: ignore[attr-defined]
     yield database
 

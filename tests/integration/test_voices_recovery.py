@@ -95,3 +95,25 @@ def test_orphaned_voice_objects_are_swept(client: Any, vdb: str, redis_client: A
     assert [o.key for o in storage.list_keys("voices/")] == [f"voices/{kept}/upload"]
     with get_engine(vdb).connect() as c:
         assert c.execute(text("SELECT count(*) FROM voices")).scalar_one() == 1
+
+
+def test_prepare_is_idempotent_and_a_lost_upload_fails_with_a_code(
+    client: Any, vdb: str, redis_client: Any
+) -> None:
+    """The task's work run in-process: a second run of a prepared voice changes nothing."""
+    from workers.voices.prepare import prepare_voice
+
+    settings, storage = get_settings(), get_storage(get_settings())
+    vid = upload(client, va.speech()).json()["id"]
+    lost = upload(client, va.speech()).json()["id"]
+    redis_client.delete("voices")
+    assert prepare_voice(uuid.UUID(vid), settings, storage) == "ready"
+    before = client.get(f"/v1/voices/{vid}").json()
+    assert prepare_voice(uuid.UUID(vid), settings, storage) == "skipped"
+    assert client.get(f"/v1/voices/{vid}").json() == before
+    assert prepare_voice(uuid.uuid4(), settings, storage) == "skipped"  # no such voice
+
+    storage.delete(f"voices/{lost}/upload")
+    assert prepare_voice(uuid.UUID(lost), settings, storage) == "failed"
+    voice = client.get(f"/v1/voices/{lost}").json()
+    assert voice["error"]["code"] == "storage_error" and voice["attempts"] == 1

@@ -41,12 +41,13 @@ def prepare_voice(voice_id: uuid.UUID, settings: Settings, storage: Storage) -> 
         log.info("event=voices.prepare_skipped voice_id=%s (not processing)", voice_id)
         return "skipped"
     log.info("event=voices.prepare_started voice_id=%s attempt=%d", voice_id, claim.attempt)
+    gone = "the uploaded recording is no longer in storage; upload the voice again"
+    if not storage.exists(claim.upload_key):  # checked first: S3 has no FileNotFoundError
+        return _fail(settings, claim, VoiceErrorCode.storage_error, gone)
     try:
         data = b"".join(storage.iter_bytes(claim.upload_key))
-    except FileNotFoundError:
-        return _fail(
-            settings, claim, VoiceErrorCode.storage_error, "the upload is gone; upload again"
-        )
+    except FileNotFoundError:  # deleted in between
+        return _fail(settings, claim, VoiceErrorCode.storage_error, gone)
     limits = Limits(settings.voice_min_seconds, settings.voice_max_seconds)
     try:
         prompt = make_prompt(data, limits)
