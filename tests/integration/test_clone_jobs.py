@@ -8,8 +8,6 @@ official code in test_cosyvoice_real.py.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -18,58 +16,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import soundfile
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from core.settings import get_settings
-from core.storage import get_storage
 from db.models import Job, Voice
 from db.session import get_sessionmaker
 from tests.fixtures.api import use_settings
 from tests.fixtures.processes import Proc, start_worker, wait_until
+from tests.fixtures.voices import add_voice
 
 TERMINAL = ("succeeded", "failed", "canceled")
-
-
-def add_voice(
-    db: str,
-    *,
-    status: str = "ready",
-    transcript: str = "Hello there.",
-    samples: np.ndarray | None = None,
-    embedding: np.ndarray | None = None,
-) -> uuid.UUID:
-    """A voice as the voices pipeline leaves it: its prompt WAV in storage and its row."""
-    rate = 16000 if samples is None else 22050
-    if samples is None:
-        t = np.arange(4 * rate) / rate
-        samples = (0.3 * np.sin(2 * np.pi * (140 + 40 * t) * t)).astype(np.float32)
-    seconds = len(samples) / rate
-    buf = io.BytesIO()
-    soundfile.write(buf, samples, rate, format="WAV", subtype="PCM_16")
-    data = buf.getvalue()
-    voice_id = uuid.uuid4()
-    key = f"voices/{voice_id}/prompt.wav"
-    get_storage(get_settings()).put(key, data, "audio/wav")
-    with get_sessionmaker(db)() as s:
-        s.add(
-            Voice(
-                id=voice_id,
-                name="test voice",
-                transcript=transcript,
-                status=status,
-                revision=1,
-                prompt_key=key,
-                audio_sha256=hashlib.sha256(data).hexdigest(),
-                sample_rate=rate,
-                duration_s=seconds,
-                embedding=None if embedding is None else [float(x) for x in embedding],
-                attempts=1,
-            )
-        )
-        s.commit()
-    return voice_id
 
 
 def _jobs(db: str) -> int:
