@@ -59,7 +59,12 @@ def create_app() -> FastAPI:
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_request_bytes,
-        per_path={"/v1/voices": voices.upload_body_limit(settings)},
+        per_path={
+            "/v1/voices": voices.upload_body_limit(settings),
+            # An inline prompt recording travels base64-encoded in the JSON body.
+            "/api/predict": voices.upload_body_limit(settings) * 4 // 3,
+            "/api/predict/": voices.upload_body_limit(settings) * 4 // 3,
+        },
     )
     app.add_middleware(HeadAsGet)
     app.include_router(health.router)

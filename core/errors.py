@@ -75,6 +75,13 @@ class VoiceNotReady(VoicefarmError):
     code = "voice_not_ready"
 
 
+class VoiceUnusable(VoicefarmError):
+    """A prompt recording sent inline (/api/predict) that the voice checks refused."""
+
+    status_code = 422
+    code = "voice_unusable"
+
+
 class VoiceNotFound(VoicefarmError):
     status_code = 404
     code = "voice_not_found"

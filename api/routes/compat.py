@@ -3,7 +3,9 @@
     {"data": ["自然语言控制", null, "她[h][ào]干净", "用兴奋的语气说这句话"]}
     -> {"data": ["<audio url>"], "job_id": "...", "duration": 1.9}
 
-data = [mode, prompt audio, text, instruction]. It submits an ordinary job and waits for it
+data = [mode, prompt, text, instruction or transcript] (api/predict_input.py: the prompt is a
+voice id, or the recording inline, from which a voice is made first; a recording the voice
+checks refuse is a 422 `voice_unusable`). It submits an ordinary job and waits for it
 (up to VOICEFARM_PREDICT_TIMEOUT_SECONDS); past that it answers 202 with the job to poll. The
 wait holds no thread and no database connection (api/waiter.py), ends when the client goes
 away (the job itself carries on), and at most VOICEFARM_PREDICT_MAX_WAITING calls wait at once
@@ -12,8 +14,10 @@ per API process: past that, 429 with Retry-After. New clients should use /v1/job
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,39 +28,37 @@ from pydantic import ValidationError as PydanticValidationError
 
 from api.deps import SettingsDep, WaiterDep
 from api.errors import responses, validation_error
+from api.predict_input import PredictCall, read_call
 from api.schemas import JobCreate
 from api.submit import submit
+from api.voice_input import voice_fields
+from api.voice_submit import submit_voice
 from core.engines import EngineSpec, catalog
-from core.enums import JobMode, JobStatus
+from core.enums import JobMode, JobStatus, VoiceStatus
 from core.errors import (
     IdempotencyConflict,
     MarkupInvalid,
+    RequestTooLarge,
     ServiceUnavailable,
     TextEmpty,
     TextTooLong,
     TooManyWaiting,
     UnsupportedMode,
     ValidationFailed,
+    VoiceNotReady,
+    VoiceRequired,
+    VoiceUnusable,
 )
 from core.settings import Settings
+from core.storage import get_storage
 from db import jobs as q
 from db.engines import registered_specs
+from db.models import Voice
 from db.session import session_scope
 from db.views import job_view
 
 router = APIRouter(tags=["compat"])
-
-# The WebUI's mode names (and plain English ones) -> job modes.
-MODES = {
-    "预训练音色": JobMode.preset,
-    "preset": JobMode.preset,
-    "3s极速复刻": JobMode.clone,
-    "clone": JobMode.clone,
-    "跨语种复刻": JobMode.cross_lingual,
-    "cross_lingual": JobMode.cross_lingual,
-    "自然语言控制": JobMode.instruct,
-    "instruct": JobMode.instruct,
-}
+VOICE_POLL_SECONDS = 0.25
 
 
 class PredictIn(BaseModel):
@@ -65,16 +67,9 @@ class PredictIn(BaseModel):
     data: list[Any] = Field(
         ...,
         min_length=3,
-        description="[mode, prompt voice (a voice id) or null, text, instruction]",
+        description="[mode, prompt (null, a voice id, or a base64 data URL of the recording), "
+        "text, instruction (自然语言控制) or the recording's transcript (inline recording)]",
     )
-
-
-@dataclass(frozen=True)
-class PredictCall:
-    mode: JobMode
-    text: str
-    voice_id: uuid.UUID | None
-    instruction: str | None
 
 
 def _engine_for(mode: JobMode, engines: dict[str, EngineSpec], settings: Settings) -> str:
@@ -104,6 +99,10 @@ def _engine_for(mode: JobMode, engines: dict[str, EngineSpec], settings: Setting
             IdempotencyConflict,
             TooManyWaiting,
             ServiceUnavailable,
+            RequestTooLarge,
+            VoiceRequired,
+            VoiceNotReady,
+            VoiceUnusable,
         ),
     },
 )
@@ -111,10 +110,26 @@ async def predict(
     body: PredictIn, request: Request, settings: SettingsDep, waiter: WaiterDep
 ) -> JSONResponse:
     """Gradio-style synchronous call: submits a job and waits for its audio URL."""
-    call = _job_request(body)
+    call = read_call(body.data, settings.max_voice_upload_bytes)
     async with waiter.slot():
+        deadline = time.monotonic() + settings.predict_timeout_seconds
+        if call.upload is not None:
+            voice_id = await run_in_threadpool(_new_voice, settings, call)
+            if not await _voice_ready(settings, voice_id, deadline, request):
+                link = f"{settings.public_base_url.rstrip('/')}/v1/voices/{voice_id}"
+                return JSONResponse(
+                    {
+                        "data": [None],
+                        "voice_id": str(voice_id),
+                        "is_generating": True,
+                        "links": {"voice": link},
+                    },
+                    status_code=202,
+                )
+            call = dataclasses.replace(call, voice_id=voice_id, upload=None)
         job_id = await run_in_threadpool(_submit, settings, call)
-        await waiter.wait(job_id, settings.predict_timeout_seconds, request.is_disconnected)
+        left = max(0.0, deadline - time.monotonic())
+        await waiter.wait(job_id, left, request.is_disconnected)
     view = await run_in_threadpool(_view, settings, job_id)
     if view["status"] == JobStatus.succeeded:
         result = view["result"]
@@ -142,31 +157,36 @@ async def predict(
     )
 
 
-def _job_request(body: PredictIn) -> PredictCall:
-    name, prompt, text = body.data[0], body.data[1], body.data[2]
-    instruction = body.data[3] if len(body.data) > 3 else None
-    if not isinstance(name, str) or not isinstance(text, str):
-        raise ValidationFailed("data must be [mode, prompt voice, text, instruction]", field="data")
-    mode = MODES.get(name.strip())
-    if mode is None:
-        raise UnsupportedMode(f"mode must be one of {sorted(MODES)}", field="data")
-    if instruction is not None and not isinstance(instruction, str):
-        raise ValidationFailed("the instruction (data[3]) must be text", field="data")
-    voice_id = None
-    if prompt is not None:
-        # A voice uploaded with POST /v1/voices (3-15 s and its transcript), named by its id.
-        try:
-            voice_id = uuid.UUID(str(prompt)) if isinstance(prompt, str) else None
-        except ValueError:
-            voice_id = None
-        if voice_id is None:
-            raise ValidationFailed(
-                "the prompt (data[1]) must be a voice id from POST /v1/voices, or null",
-                field="data",
+def _new_voice(settings: Settings, call: PredictCall) -> uuid.UUID:
+    fields = voice_fields("predict prompt", call.transcript, None, settings)
+    with session_scope(settings.database_url) as session:
+        voice = submit_voice(session, get_storage(settings), fields, call.upload or b"")
+        voice_id: uuid.UUID = voice.id
+    return voice_id
+
+
+async def _voice_ready(
+    settings: Settings, voice_id: uuid.UUID, deadline: float, request: Request
+) -> bool:
+    """Wait (without a thread) until the new voice is ready; its failure is the client's 422."""
+    while time.monotonic() < deadline and not await request.is_disconnected():
+        voice = await run_in_threadpool(_voice_state, settings, voice_id)
+        if voice[0] == VoiceStatus.ready:
+            return True
+        if voice[0] == VoiceStatus.failed:
+            raise VoiceUnusable(
+                f"the prompt recording was refused ({voice[1]}): {voice[2]}", field="data"
             )
-    return PredictCall(
-        mode, text, voice_id, (instruction or None) if mode == JobMode.instruct else None
-    )
+        await asyncio.sleep(VOICE_POLL_SECONDS)
+    return False
+
+
+def _voice_state(settings: Settings, voice_id: uuid.UUID) -> tuple[str, str | None, str | None]:
+    with session_scope(settings.database_url) as session:
+        voice = session.get(Voice, voice_id)
+        if voice is None:
+            return (VoiceStatus.failed.value, "voice_gone", "the voice was deleted")
+        return (voice.status, voice.error_code, voice.error_message)
 
 
 def _submit(settings: Settings, call: PredictCall) -> uuid.UUID:

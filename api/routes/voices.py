@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import uuid
 from typing import Annotated
@@ -22,6 +21,7 @@ from api.voice_input import (
     read_audio,
     voice_fields,
 )
+from api.voice_submit import submit_voice
 from core.enums import VoiceStatus
 from core.errors import (
     AudioEmpty,
@@ -37,12 +37,11 @@ from core.errors import (
     VoiceNotFound,
 )
 from core.settings import Settings
-from core.storage import Storage, voice_prefix, voice_upload_key
+from core.storage import Storage, voice_prefix
 from db import voices as q
 from db.models import Voice
 from db.session import after_commit
 from db.views import iso
-from tasks.send import send_prepare_voice
 
 log = logging.getLogger("voicefarm.api")
 router = APIRouter(prefix="/v1/voices", tags=["voices"], responses=responses(Unauthorized))
@@ -136,34 +135,9 @@ def create_voice(
     """Upload a voice to clone; answers at once with the voice in `processing`."""
     fields = voice_fields(name, transcript, language, settings)
     data = read_audio(audio.file, settings.max_voice_upload_bytes)
-    voice = Voice(
-        id=uuid.uuid4(),
-        name=fields.name,
-        transcript=fields.transcript,
-        language=fields.language,
-        revision=1,
-        attempts=0,
-        upload_bytes=len(data),
-        upload_sha256=hashlib.sha256(data).hexdigest(),
-    )
-    voice.upload_key = voice_upload_key(str(voice.id))
-    # The object first, then the row: a row never points at nothing. Should the commit fail,
-    # the object is an orphan that maintenance.sweep_orphans deletes.
-    _put(storage, voice.upload_key, data)
-    q.create_voice(session, voice)
-    after_commit(session, functools.partial(send_prepare_voice, voice.id))
+    voice = submit_voice(session, storage, fields, data)
     out = voice_out(voice, settings.public_base_url)
     return _json(out, 202, Location=out.links.self)
-
-
-def _put(storage: Storage, key: str, data: bytes) -> None:
-    try:
-        storage.put(key, data, "application/octet-stream")
-    except Exception as exc:
-        log.warning("event=api.storage_failed key=%s error=%s", key, type(exc).__name__)
-        raise StorageError(
-            "the recording could not be stored; retry shortly", retry_after=5
-        ) from exc
 
 
 @router.get("", response_model=VoiceList, responses=responses(InvalidCursor))

@@ -95,7 +95,7 @@ def clone_worker(db: str, log_dir: Path, tmp_path: Path) -> Iterator[tuple[Proc,
         log_dir,
         "clonetone",
         name="clone",
-        extra_queues="",
+        extra_queues="voices",
         env={"FIXTURE_PREPARE_LOG": str(prepares), "FIXTURE_SYNTH_LOG": str(synths)},
     )
     yield proc, prepares, synths
@@ -214,3 +214,51 @@ def test_clone_jobs_record_speaker_similarity(
     # A voice-less job has nothing to compare with.
     plain = _run(client, {"text": "Plain."})
     assert plain["status"] == "succeeded" and plain["quality"] is None
+
+
+def _data_url(wav: bytes) -> str:
+    import base64
+
+    return "data:audio/wav;base64," + base64.b64encode(wav).decode()
+
+
+def test_predict_clones_from_an_inline_recording_or_a_voice_id(
+    client: TestClient, db: str, clone_worker: tuple[Proc, Path, Path]
+) -> None:
+    """The WebUI's 3s极速复刻 and 跨语种复刻 through /api/predict: the recording inline (a voice is
+    made from it first, by the real voices pipeline) or a voice id."""
+    from tests.fixtures.voice_audio import speech, too_short
+
+    proc, prepares, _ = clone_worker
+    transcript = "The farm never loses a job."
+    r = client.post(
+        "/api/predict", json={"data": ["3s极速复刻", _data_url(speech()), "Hello.", transcript]}
+    )
+    assert r.status_code == 200, (r.text, proc.tail())
+    job = client.get(f"/v1/jobs/{r.json()['job_id']}").json()
+    assert job["mode"] == "clone" and job["engine"] == "clonetone" and job["status"] == "succeeded"
+    voice = client.get(f"/v1/voices/{job['voice_id']}").json()
+    assert voice["status"] == "ready" and voice["transcript"] == transcript
+    assert [p["transcript"] for p in _lines(prepares)] == [transcript]
+
+    r = client.post("/api/predict", json={"data": ["跨语种复刻", voice["id"], "Bonjour.", None]})
+    assert r.status_code == 200, r.text
+    again = client.get(f"/v1/jobs/{r.json()['job_id']}").json()
+    assert again["mode"] == "cross_lingual" and again["voice_id"] == voice["id"]
+
+    r = client.post(
+        "/api/predict", json={"data": ["3s极速复刻", _data_url(too_short()), "Hi.", "Hi."]}
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "voice_unusable"
+    assert "too_short" in r.json()["error"]["message"]
+    bad = [
+        ["自然语言控制", _data_url(speech()), "Hi.", "excited"],  # inline audio needs a clone mode
+        ["3s极速复刻", _data_url(speech()), "Hi.", None],  # and its transcript
+        ["3s极速复刻", "data:audio/wav;base64,@@@", "Hi.", "Hi."],
+        ["3s极速复刻", {"path": "/etc/passwd"}, "Hi.", "Hi."],
+        ["3s极速复刻", None, "Hi.", None],  # cloning needs a voice
+    ]
+    for data in bad:
+        r = client.post("/api/predict", json={"data": data})
+        assert r.status_code == 422, (data[0], r.text)
+    assert len(client.get("/v1/voices").json()["items"]) == 2  # the good one and the short one

@@ -91,7 +91,9 @@ def test_orphaned_voice_objects_are_swept(client: Any, vdb: str, redis_client: A
     deleted = sweep_orphan_objects(
         storage, get_settings().database_url, datetime.now(UTC) + timedelta(seconds=5)
     )
-    assert deleted == 3
+    # The store is shared by the session: earlier tests' voices (rows truncated since) are
+    # orphans too. Only the one voice with a row may remain.
+    assert deleted >= 3
     assert [o.key for o in storage.list_keys("voices/")] == [f"voices/{kept}/upload"]
     with get_engine(vdb).connect() as c:
         assert c.execute(text("SELECT count(*) FROM voices")).scalar_one() == 1

@@ -9,21 +9,15 @@ have passed (failing it with `max_attempts_exceeded` after VOICEFARM_MAX_ATTEMPT
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import uuid
-
-import numpy as np
-import soundfile as sf
 
 from core.enums import VoiceErrorCode, VoiceStatus
 from core.settings import Settings
 from core.storage import Storage, voice_prompt_key
 from db import voices as q
-from db.models import Voice
 from db.session import session_scope
 from workers.audio import encode_wav
-from workers.engines.base import VoicePrompt
 from workers.voices.audio import Limits, VoiceRejected, make_prompt
 from workers.voices.encoder import embed
 
@@ -85,20 +79,3 @@ def _fail(settings: Settings, claim: q.VoiceClaim, code: VoiceErrorCode, message
         "event=voices.failed voice_id=%s attempt=%d code=%s", claim.voice_id, claim.attempt, code
     )
     return VoiceStatus.failed.value if done else "fenced"
-
-
-def load_prompt(voice: Voice, storage: Storage) -> VoicePrompt:
-    """The VoicePrompt of a `ready` voice, read back from storage (what an engine is handed)."""
-    if voice.status != VoiceStatus.ready.value or not voice.prompt_key:
-        raise ValueError(f"voice {voice.id} is {voice.status}, not ready")
-    data = b"".join(storage.iter_bytes(voice.prompt_key))
-    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return VoicePrompt(
-        voice_id=str(voice.id),
-        revision=voice.revision,
-        transcript=voice.transcript,
-        language=voice.language,
-        audio_sha256=voice.audio_sha256 or hashlib.sha256(data).hexdigest(),
-        samples=np.ascontiguousarray(samples.mean(axis=1), dtype=np.float32),
-        sample_rate=int(rate),
-    )
