@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy import (
@@ -42,6 +43,49 @@ def _now() -> Any:
     return func.now()
 
 
+# The tenant every job and voice belongs to when authentication is off (local work, `make run`)
+# and the owner of rows that predate tenants (migration 0005 creates it).
+DEFAULT_TENANT_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
+
+
+class Tenant(Base):
+    """A customer of the farm: owns jobs, voices and API keys; has limits and a pool."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Worker pool (queue family) this tenant's jobs go to (the seed's sharding by tenant).
+    pool: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
+    # Limits; None: the farm's default (VOICEFARM_TENANT_*).
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    jobs_per_minute: Mapped[int | None] = mapped_column(Integer)
+    chars_per_day: Mapped[int | None] = mapped_column(BigInteger)
+    max_voices: Mapped[int | None] = mapped_column(Integer)
+    # Share of the workers when tenants compete (fair share), relative to other tenants.
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class ApiKey(Base):
+    """An API key. Only its hash is stored; `prefix` (shown in lists) identifies it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    # None for an operator (admin) key, which sees every tenant.
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    scope: Mapped[str] = mapped_column(String(16), default="tenant")  # tenant | admin
+    name: Mapped[str | None] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -57,7 +101,15 @@ class Job(Base):
     priority: Mapped[str] = mapped_column(String(16), default="interactive")
     webhook_url: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Who owns the job. Every read and write is scoped by it; unique per tenant, not globally.
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
+        default=lambda: DEFAULT_TENANT_ID,
+    )
+    # The worker pool (queue family) the job was routed to at admission.
+    pool: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -97,6 +149,8 @@ class Job(Base):
     result_sha256: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
+        Index("ix_jobs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index(
@@ -165,6 +219,14 @@ class Voice(Base):
     __tablename__ = "voices"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="RESTRICT"),
+        default=lambda: DEFAULT_TENANT_ID,
+    )
+    # Pin every job with this voice to a worker pool (the seed's sharding by voice); None: the
+    # tenant's pool.
+    pool: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(128))
     transcript: Mapped[str] = mapped_column(Text)
     language: Mapped[str | None] = mapped_column(String(16))
@@ -192,7 +254,10 @@ class Voice(Base):
         DateTime(timezone=True), server_default=_now(), onupdate=_now()
     )
 
-    __table_args__ = (Index("ix_voices_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_voices_created_at_id", "created_at", "id"),
+        Index("ix_voices_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+    )
 
 
 class EngineRegistration(Base):
