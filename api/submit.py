@@ -45,7 +45,7 @@ def submit(
         if existing is None:
             raise
         return _replay(existing, digest), True
-    after_commit(session, lambda: send_synthesize(job.id, job.engine, job.priority))
+    after_commit(session, lambda: send_synthesize(job.id, job.engine, job.priority, job.pool))
     after_commit(session, lambda: send_webhooks(deliveries))
     after_commit(session, lambda: JOBS_SUBMITTED.labels(job.engine).inc())
     return job, False

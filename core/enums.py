@@ -73,9 +73,16 @@ class Queue(StrEnum):
     voices = "voices"
 
 
-def synth_queue(engine: str, priority: Priority = Priority.interactive) -> str:
-    """`synth.<engine>` for interactive work, `synth.<engine>.batch` for batch work."""
-    base = f"synth.{engine}"
+DEFAULT_POOL = "default"
+
+
+def synth_queue(
+    engine: str, priority: Priority = Priority.interactive, pool: str = DEFAULT_POOL
+) -> str:
+    """`synth.<engine>` for interactive work and `synth.<engine>.batch` for batch work in the
+    default pool; `synth.<pool>.<engine>[.batch]` in another pool (workers started with
+    `voicefarm workers --pool <pool>` consume only those)."""
+    base = f"synth.{engine}" if pool == DEFAULT_POOL else f"synth.{pool}.{engine}"
     return base if priority == Priority.interactive else f"{base}.batch"
 
 

@@ -247,6 +247,7 @@ class Redispatch:
     job_id: uuid.UUID
     engine: str
     priority: str
+    pool: str = "default"
 
 
 def requeue_expired_leases(session: Session, base_url: str) -> tuple[list[Redispatch], list[str]]:
@@ -265,7 +266,7 @@ def requeue_expired_leases(session: Session, base_url: str) -> tuple[list[Redisp
         out = release(session, claim, "lease_expired", msg, base_url)
         deliveries.extend(out or [])
         if job.status == JobStatus.queued.value:
-            again.append(Redispatch(job.id, job.engine, job.priority))
+            again.append(Redispatch(job.id, job.engine, job.priority, job.pool))
     return again, deliveries
 
 
@@ -285,7 +286,7 @@ def stale_queued(session: Session, grace_seconds: float, limit: int = 500) -> li
     quiet moment, and a duplicate message claims nothing. The caller publishes after commit.
     """
     rows = session.execute(
-        select(Job.id, Job.engine, Job.priority)
+        select(Job.id, Job.engine, Job.priority, Job.pool)
         .where(_stale(grace_seconds))
         .order_by(Job.created_at)
         .limit(limit)
@@ -294,7 +295,7 @@ def stale_queued(session: Session, grace_seconds: float, limit: int = 500) -> li
     ids = [r.id for r in rows]
     if ids:
         session.execute(update(Job).where(Job.id.in_(ids)).values(dispatched_at=func.now()))
-    return [Redispatch(r.id, r.engine, r.priority) for r in rows]
+    return [Redispatch(r.id, r.engine, r.priority, r.pool) for r in rows]
 
 
 @dataclass(frozen=True)

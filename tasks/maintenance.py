@@ -67,7 +67,7 @@ def _publish(database_url: str, jobs: list[q.Redispatch], deliveries: list[str])
     sent = 0
     try:
         for r in jobs:
-            send_synthesize(r.job_id, r.engine, r.priority)
+            send_synthesize(r.job_id, r.engine, r.priority, r.pool)
             sent += 1
         send_webhooks(deliveries)
     except Exception as exc:

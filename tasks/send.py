@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import uuid
 
-from core.enums import Priority, Queue, TaskName, synth_queue
+from core.enums import DEFAULT_POOL, Priority, Queue, TaskName, synth_queue
 
 
-def send_synthesize(job_id: uuid.UUID | str, engine: str, priority: str) -> None:
+def send_synthesize(
+    job_id: uuid.UUID | str, engine: str, priority: str, pool: str = DEFAULT_POOL
+) -> None:
     from tasks.app import celery_app
 
     celery_app.send_task(
         TaskName.synthesize.value,
         args=[str(job_id)],
-        queue=synth_queue(engine, Priority(priority)),
+        queue=synth_queue(engine, Priority(priority), pool),
     )
 
 

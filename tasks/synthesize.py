@@ -453,7 +453,9 @@ def _release(settings: Settings, claim: q.Claim, inp: JobInput, code: str, messa
         requeued = job.status == "queued"
         after_commit(s, lambda: send_webhooks(deliveries))
         if requeued:
-            after_commit(s, lambda: send_synthesize(claim.job_id, job.engine, job.priority))
+            after_commit(
+                s, lambda: send_synthesize(claim.job_id, job.engine, job.priority, job.pool)
+            )
     _metrics_finished(inp.engine, "requeued" if requeued else "failed")
 
 
