@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,7 +25,8 @@ from core.errors import (
 from core.settings import Settings
 from core.text import markup_kinds, normalize
 from db.engines import registered_specs
-from db.models import Job
+from db.models import DEFAULT_TENANT_ID, Job
+from db.pools import pool_for
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -67,8 +69,14 @@ def check_storable(body: BaseModel) -> None:
             raise ValidationFailed(f"{field} {problem}", field=field.split(".")[0])
 
 
-def admit(session: Session, body: JobCreate, settings: Settings) -> Job:
-    """Validate `body` against settings and engine capabilities; return an unsaved Job."""
+def admit(
+    session: Session,
+    body: JobCreate,
+    settings: Settings,
+    tenant_id: uuid.UUID = DEFAULT_TENANT_ID,
+) -> Job:
+    """Validate `body` against settings and engine capabilities; return an unsaved Job of
+    `tenant_id`, routed to its voice's or its tenant's pool (db/pools.py)."""
     check_storable(body)
     text = normalize(body.text)
     if len(text) > settings.max_text_chars:
@@ -125,6 +133,8 @@ def admit(session: Session, body: JobCreate, settings: Settings) -> Job:
             field="metadata",
         )
     return Job(
+        tenant_id=tenant_id,
+        pool=pool_for(session, tenant_id, speaking.voice_id),
         engine=engine_name,
         voice=voice,
         mode=speaking.mode.value,

@@ -74,6 +74,8 @@ class Queue(StrEnum):
 
 
 DEFAULT_POOL = "default"
+# A pool name becomes part of queue names and worker hostnames: no dots, commas or `@`.
+POOL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
 def synth_queue(

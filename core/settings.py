@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.enums import DEFAULT_POOL, POOL_NAME_PATTERN
+
 DEV_WEBHOOK_SECRET = "whsec_ZGV2ZWxvcG1lbnQtb25seS1zZWNyZXQtY2hhbmdlLW1l"
 
 # The Standard Webhooks retry schedule, seconds after the previous attempt.
@@ -98,6 +100,10 @@ class Settings(BaseSettings):
     worker_heartbeat_file: Path | None = None
     # Prometheus ports (0 turns one off): the supervisor's, and the first child's (+1 each).
     supervisor_metrics_port: int = 9100
+    # The pool `voicefarm workers` serves (`--pool` wins): its children consume only
+    # `synth.<pool>.<engine>[.batch]` (core.enums.synth_queue); jobs reach a pool when their
+    # tenant or voice is pinned to it (db/pools.py).
+    worker_pool: str = Field(DEFAULT_POOL, pattern=POOL_NAME_PATTERN)
     worker_metrics_port: int = 9101
     # Where those metrics ports listen. They have no auth: loopback unless Prometheus scrapes
     # from another host or container (then 0.0.0.0 inside a private network).
