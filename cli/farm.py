@@ -44,10 +44,19 @@ def run_migrate(timeout: float = 30.0) -> int:
     return 0
 
 
-def run_workers() -> int:
+def run_workers(pool: str | None = None) -> int:
+    """The supervisor for `pool` (None: VOICEFARM_WORKER_POOL, `default` unless set)."""
+    from db.pools import check_pool_name
     from workers.supervisor import Supervisor, worker_specs
 
     settings = get_settings()
+    if pool is not None:
+        try:
+            check_pool_name(pool)
+        except ValueError as exc:
+            print(f"voicefarm: {exc}", file=sys.stderr)
+            return 2
+        settings = settings.model_copy(update={"worker_pool": pool})
     configure_logging(settings.log_level)
     supervisor = Supervisor(worker_specs(settings), on_restart=_count_restart(settings))
     return supervisor.run()

@@ -26,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         help="API key (default $VOICEFARM_API_KEY)",
     )
 
-    sub.add_parser("workers", help="run the worker supervisor (one process per GPU)")
+    workers = sub.add_parser("workers", help="run the worker supervisor (one process per GPU)")
+    workers.add_argument(
+        "--pool", help="serve this worker pool's queues (default $VOICEFARM_WORKER_POOL)"
+    )
+    from cli.voices import add_voices_parser
+
+    add_voices_parser(sub)
     migrate = sub.add_parser("migrate", help="wait for PostgreSQL and apply migrations")
     migrate.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it")
     sub.add_parser("farm", help="migrate, then run API, workers, beat and Flower (make run)")
@@ -39,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "workers":
         from cli.farm import run_workers
 
-        return run_workers()
+        return run_workers(args.pool)
+    if args.command == "voices":
+        from cli.voices import run_voices
+
+        return run_voices(args)
     if args.command == "migrate":
         from cli.farm import run_migrate
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.enums import DEFAULT_POOL, Priority, synth_queue
 from core.settings import Settings
 from workers import heartbeat
 from workers.device import visible_gpus
@@ -191,24 +192,35 @@ def celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tasks.app:celery_app", *args]
 
 
+def pool_queues(engines: str, pool: str) -> str:
+    """The `-Q` list of a synthesis worker in `pool`: both priorities of every engine."""
+    return ",".join(
+        synth_queue(e.strip(), p, pool) for e in engines.split(",") if e.strip() for p in Priority
+    )
+
+
 def worker_specs(settings: Settings) -> list[ChildSpec]:
-    """One solo-pool synthesis worker per visible GPU, or `cpu_workers` on a machine without."""
+    """One solo-pool synthesis worker per visible GPU, or `cpu_workers` on a machine without,
+    all serving `settings.worker_pool`. Outside the default pool the slot names carry the pool
+    (`gpu0.vip@host` in Flower, `gpu0.vip.heartbeat`), so two pools can share a host."""
     host = socket.gethostname()
     engines = settings.worker_engines or settings.default_engine
-    queues = ",".join(
-        q for e in engines.split(",") for q in (f"synth.{e.strip()}", f"synth.{e.strip()}.batch")
-    )
+    pool = settings.worker_pool
+    queues = pool_queues(engines, pool)
     state = settings.worker_state_dir.resolve()
     gpus = visible_gpus(settings)
     slots = [(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": g}) for g in gpus] or [
         (f"cpu{i}", {"CUDA_VISIBLE_DEVICES": "", "VOICEFARM_DEVICE": "cpu"})
         for i in range(settings.cpu_workers)
     ]
+    if pool != DEFAULT_POOL:
+        slots = [(f"{slot}.{pool}", extra) for slot, extra in slots]
     specs = []
     for i, (slot, extra) in enumerate(slots):
         env = {
             **extra,
             "VOICEFARM_WORKER_ENGINES": engines,
+            "VOICEFARM_WORKER_POOL": pool,
             "VOICEFARM_WORKER_HEARTBEAT_FILE": str(state / f"{slot}.heartbeat"),
         }
         if settings.worker_metrics_port:
@@ -246,10 +258,14 @@ def ops_spec(settings: Settings, host: str) -> ChildSpec:
 
     Watched like a synthesis worker: its consuming loop beats (tasks/lifecycle.py), so a wedged
     ops worker, which would silently stop the reconciler and every webhook, is killed and
-    restarted after the hang limit. It loads no engine and runs no segments, so no deadline."""
-    beat_file = settings.worker_state_dir.resolve() / "ops.heartbeat"
+    restarted after the hang limit. It loads no engine and runs no segments, so no deadline.
+    The shared queues are the same in every pool; the name carries a non-default pool only so
+    that two supervisors on one host keep apart."""
+    pool = settings.worker_pool
+    name = "ops" if pool == DEFAULT_POOL else f"ops.{pool}"
+    beat_file = settings.worker_state_dir.resolve() / f"{name}.heartbeat"
     return ChildSpec(
-        name="ops",
+        name=name,
         argv=celery_argv(
             "worker",
             "-P",
@@ -259,7 +275,7 @@ def ops_spec(settings: Settings, host: str) -> ChildSpec:
             "-Q",
             "webhooks,maintenance,voices",
             "-n",
-            f"ops@{host}",
+            f"{name}@{host}",
             "--loglevel",
             settings.log_level,
             "--without-gossip",
