@@ -378,9 +378,11 @@ def test_predict_errors_and_timeout(client: TestClient, worker: Proc) -> None:
     def call(data: list[Any]) -> Any:
         return client.post("/api/predict", json={"data": data})
 
+    # A file path is not a recording: the server never reads paths or fetches URLs it is given.
     assert call(["3s极速复刻", {"path": "prompt.wav"}, "hi", None]).json()["error"]["code"] == (
-        "unsupported_mode"
+        "validation_failed"
     )
+    assert call(["朗读", None, "hi", None]).json()["error"]["code"] == "unsupported_mode"
     assert call(["x", None]).json()["error"]["code"] == "validation_failed"
     assert call([1, None, 2]).json()["error"]["code"] == "validation_failed"
     assert call(["预训练音色", None, "", None]).json()["error"]["code"] == "text_empty"
