@@ -57,7 +57,9 @@ def test_the_default_pool_keeps_plain_names(tmp_path: Path) -> None:
 
 def test_cpu_workers_carry_the_pool_too(tmp_path: Path) -> None:
     specs = worker_specs(
-        _settings(tmp_path, device="cpu", cpu_workers=2, worker_pool="b", supervise_ops_worker=False)
+        _settings(
+            tmp_path, device="cpu", cpu_workers=2, worker_pool="b", supervise_ops_worker=False
+        )
     )
     assert [s.name for s in specs] == ["cpu0.b", "cpu1.b"]
 
