@@ -185,6 +185,14 @@ class TooManyWaiting(VoicefarmError):
     code = "too_many_waiting"
 
 
+class QuotaExceeded(VoicefarmError):
+    """A tenant limit (active jobs, jobs per minute, characters per day, voices) would be passed.
+    The message names the limit and its value; `Retry-After` says when the request would pass."""
+
+    status_code = 429
+    code = "quota_exceeded"
+
+
 class StorageError(VoicefarmError):
     status_code = 502
     code = "storage_error"

@@ -164,6 +164,17 @@ class Settings(BaseSettings):
     # Retention: finished jobs and their audio are deleted after this many days (0: keep).
     retention_days: float = Field(0, ge=0)
 
+    # Per-tenant limits, checked at admission (api/quotas.py); a tenant's own value (tenants
+    # table) overrides each; 0: unlimited. Active jobs are queued + running ones.
+    tenant_max_active_jobs: int = Field(0, ge=0)
+    tenant_jobs_per_minute: int = Field(0, ge=0)
+    tenant_chars_per_day: int = Field(0, ge=0)
+    tenant_max_voices: int = Field(0, ge=0)
+    # Fair share (tasks/dispatch.py): published-but-unclaimed messages per synthesis queue. The
+    # rest of a backlog waits in PostgreSQL, so another tenant's job waits behind at most this
+    # many; raise it towards the number of workers on a queue if they ever idle.
+    dispatch_ahead: int = Field(2, ge=1)
+
     log_level: str = "INFO"
 
     def api_key_list(self) -> list[str]:

@@ -55,9 +55,11 @@ def find_by_idempotency_key(session: Session, key: str) -> Job | None:
 
 
 def create_job(session: Session, job: Job, base_url: str) -> list[str]:
-    """Insert a queued job and its `job.queued` event; returns delivery ids to send after commit."""
+    """Insert a queued job and its `job.queued` event; returns delivery ids to send after commit.
+
+    The job is not dispatched yet: tasks/dispatch.py publishes it when its queue has room."""
     job.status = JobStatus.queued.value
-    job.dispatched_at = func.now()  # type: ignore[assignment]
+    job.dispatched_at = None
     session.add(job)
     session.flush()
     session.refresh(job)
@@ -168,7 +170,8 @@ def release(
 ) -> list[str] | None:
     """Give a running job back to the queue (transient failure), or fail it when out of attempts.
 
-    Returns delivery ids; the caller re-publishes the job when it is queued again.
+    Returns delivery ids. A job queued again is undispatched: the caller runs the dispatcher
+    (tasks/dispatch.py), which publishes it in its tenant's turn, ahead of its tenant's newer jobs.
     """
     job = session.scalar(select(Job).where(_fenced(claim)).with_for_update())
     if job is None:
@@ -184,7 +187,7 @@ def release(
     job.status = JobStatus.queued.value
     job.worker_id = None
     job.lease_expires_at = None
-    job.dispatched_at = func.now()  # type: ignore[assignment]
+    job.dispatched_at = None
     job.error_code = code
     job.error_message = message[:2000]
     session.flush()
@@ -251,7 +254,8 @@ class Redispatch:
 
 
 def requeue_expired_leases(session: Session, base_url: str) -> tuple[list[Redispatch], list[str]]:
-    """running jobs whose lease ran out (worker killed or hung) -> queued, or failed when spent."""
+    """running jobs whose lease ran out (worker killed or hung) -> queued (undispatched: the
+    caller runs the dispatcher), or failed when spent. Returns the jobs queued again."""
     rows = session.scalars(
         select(Job)
         .where(Job.status == JobStatus.running.value, Job.lease_expires_at < func.now())
@@ -272,18 +276,17 @@ def requeue_expired_leases(session: Session, base_url: str) -> tuple[list[Redisp
 
 def _stale(grace_seconds: float) -> ColumnElement[bool]:
     cutoff = func.now() - timedelta(seconds=grace_seconds)
-    return and_(
-        Job.status == JobStatus.queued.value,
-        or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff),
-    )
+    return and_(Job.status == JobStatus.queued.value, Job.dispatched_at < cutoff)
 
 
 def stale_queued(session: Session, grace_seconds: float, limit: int = 500) -> list[Redispatch]:
-    """Queued jobs nobody claimed within the grace period, oldest first, at most `limit`, marked
-    dispatched now so each is re-published at most once per grace period.
+    """Dispatched jobs nobody claimed within the grace period (the message was lost, or Redis
+    restarted empty), oldest first, at most `limit`, marked dispatched now so each is
+    re-published at most once per grace period. A duplicate message claims nothing.
 
-    Whatever the queue depth: a job behind a backlog whose message was lost must not wait for a
-    quiet moment, and a duplicate message claims nothing. The caller publishes after commit.
+    Undispatched jobs are not stale: they wait for their turn in the dispatcher (fair share),
+    so a backlog held in PostgreSQL is never flooded into the broker from here.
+    The caller publishes after commit.
     """
     rows = session.execute(
         select(Job.id, Job.engine, Job.priority, Job.pool)

@@ -159,6 +159,22 @@ class Job(Base):
             "dispatched_at",
             postgresql_where=sql_text("status IN ('queued', 'running')"),
         ),
+        # Fair-share dispatch (db/dispatch.py) and quotas (api/quotas.py); migration 0006.
+        Index(
+            "ix_jobs_undispatched",
+            "engine",
+            "pool",
+            "priority",
+            "tenant_id",
+            "created_at",
+            postgresql_where=sql_text("status = 'queued' AND dispatched_at IS NULL"),
+        ),
+        Index(
+            "ix_jobs_tenant_active",
+            "tenant_id",
+            "status",
+            postgresql_where=sql_text("status IN ('queued', 'running')"),
+        ),
     )
 
 

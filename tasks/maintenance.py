@@ -2,9 +2,12 @@
 
 - running jobs whose lease expired (worker killed or hung) go back to queued, or fail when out of
   attempts;
-- queued jobs nobody claimed within the grace period are published again, oldest first and at
-  most once per grace period each, whatever the queue depth (the message was lost, or Redis
+- dispatched jobs nobody claimed within the grace period are published again, oldest first and
+  at most once per grace period each, whatever the queue depth (the message was lost, or Redis
   restarted empty; a duplicate message claims nothing);
+- queues with undispatched jobs (backlogs held back for fair share, jobs just re-queued, an API
+  that died between its commit and its dispatch) are filled through the dispatcher
+  (tasks/dispatch.py), never flooded;
 - webhook deliveries that are due (retries, lost messages) are dispatched.
 
 The rows are picked and marked in one short transaction; publishing happens after it commits,
@@ -28,6 +31,7 @@ from db import voices as vq
 from db import webhooks as wq
 from db.session import after_commit, get_sessionmaker, session_scope
 from tasks.app import celery_app
+from tasks.dispatch import PublishFailed, dispatch_waiting
 from tasks.send import send_prepare_voice, send_synthesize, send_webhooks
 
 log = logging.getLogger("voicefarm.maintenance")
@@ -35,10 +39,6 @@ log = logging.getLogger("voicefarm.maintenance")
 
 # Jobs re-published per run at most; the rest wait for the next run (beat, every few seconds).
 REPUBLISH_LIMIT = 500
-
-
-class PublishFailed(RuntimeError):
-    """The broker refused or could not be reached while the reconciler was publishing."""
 
 
 @celery_app.task(name=TaskName.reconcile.value, ignore_result=True)
@@ -54,8 +54,10 @@ def reconcile(limit: int = REPUBLISH_LIMIT) -> dict[str, int]:
         )
     counts = {"expired": len(expired), "republished": len(stale), "webhooks": len(due)}
     counts.update(voices=len(voices), voices_failed=voices_failed)
-    _publish(settings.database_url, expired + stale, deliveries + due)
+    # Expired leases are queued again undispatched: the dispatcher below publishes them.
+    _publish(settings.database_url, stale, deliveries + due)
     _publish_voices(settings.database_url, voices)
+    counts["dispatched"] = dispatch_waiting(settings.database_url, settings.dispatch_ahead)
     if any(counts.values()):
         log.info("event=maintenance.reconciled %s", " ".join(f"{k}={v}" for k, v in counts.items()))
     return counts

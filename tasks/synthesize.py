@@ -6,6 +6,7 @@ claim is fenced by the attempt number (db/jobs.py). A duplicate message claims n
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -27,7 +28,8 @@ from core.text import halve, split_segments
 from db import jobs as q
 from db.session import after_commit, session_scope
 from tasks.app import celery_app
-from tasks.send import send_synthesize, send_webhooks
+from tasks.dispatch import dispatch
+from tasks.send import send_webhooks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -206,6 +208,9 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
     t0 = time.perf_counter()
     try:
         with LeaseKeeper(settings, claim) as keeper:
+        # The claim freed a slot in the queue: publish the next job in fair-share order now,
+        # not at the next reconcile.
+        after_commit(s, functools.partial(_dispatch, settings, job.engine, job.pool))
             _run_claimed(rt, claim, inp, t0, keeper)
     except Stopped:
         log.info("event=jobs.stopped job=%s attempt=%d", job_id, claim.attempt)
@@ -453,9 +458,7 @@ def _release(settings: Settings, claim: q.Claim, inp: JobInput, code: str, messa
         requeued = job.status == "queued"
         after_commit(s, lambda: send_webhooks(deliveries))
         if requeued:
-            after_commit(
-                s, lambda: send_synthesize(claim.job_id, job.engine, job.priority, job.pool)
-            )
+            after_commit(s, functools.partial(_dispatch, settings, job.engine, job.pool))
     _metrics_finished(inp.engine, "requeued" if requeued else "failed")
 
 
@@ -463,6 +466,10 @@ def _fail(settings: Settings, claim: q.Claim, inp: JobInput, code: str, message:
     with session_scope(settings.database_url) as s:
         deliveries = q.finish_failure(s, claim, code, message, settings.public_base_url)
         after_commit(s, lambda: send_webhooks(deliveries))
+def _dispatch(settings: Settings, engine: str, pool: str) -> None:
+    dispatch(settings.database_url, engine, pool, settings.dispatch_ahead)
+
+
     _metrics_finished(inp.engine, "failed")
 
 

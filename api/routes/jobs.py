@@ -24,6 +24,7 @@ from core.errors import (
     JobNotCancelable,
     JobNotFound,
     MarkupInvalid,
+    QuotaExceeded,
     RequestTooLarge,
     StorageError,
     TextEmpty,
@@ -70,6 +71,7 @@ def _out(job: Job, base_url: str) -> JobOut:
         ValidationFailed,
         IdempotencyConflict,
         RequestTooLarge,
+        QuotaExceeded,
     ),
 )
 def create_job(

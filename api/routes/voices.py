@@ -27,6 +27,7 @@ from core.errors import (
     AudioEmpty,
     AudioMissing,
     InvalidCursor,
+    QuotaExceeded,
     RequestTooLarge,
     StorageError,
     Unauthorized,
@@ -121,6 +122,7 @@ def require_multipart(
         UnsupportedMediaType,
         RequestTooLarge,
         StorageError,
+        QuotaExceeded,
     ),
 )
 def create_voice(

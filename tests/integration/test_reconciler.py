@@ -116,7 +116,7 @@ def test_publish_happens_after_the_transaction_commits(
     _age(db, job_id, 5)
     seen: list[Any] = []
 
-    def send(jid: uuid.UUID, engine: str, priority: str) -> None:
+    def send(jid: uuid.UUID, engine: str, priority: str, pool: str = "default") -> None:
         with get_sessionmaker(db)() as s:
             # NOWAIT raises if the reconciler still held the row lock.
             marked = s.execute(
@@ -127,7 +127,7 @@ def test_publish_happens_after_the_transaction_commits(
                 {"i": jid},
             ).scalar_one()
             seen.append(marked)
-        send_synthesize(jid, engine, priority)
+        send_synthesize(jid, engine, priority, pool)
 
     monkeypatch.setattr(maintenance, "send_synthesize", send)
     assert reconcile()["republished"] == 1

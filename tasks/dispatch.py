@@ -1,0 +1,80 @@
+"""Publishing queued jobs, fairly and a few at a time (db/dispatch.py decides which).
+
+Called after admission commits, after a worker claims or releases a job (so throughput never
+waits for beat), and by the reconciler every interval (the backstop: an API that died between
+its commit and this call, a released job, a publish that failed). One short transaction picks
+and marks the jobs; publishing happens after it commits, holding no row locks. A publish that
+fails clears the mark of what was not sent, so the next call picks those jobs again.
+
+Imports nothing from workers/: the API calls this too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from core.enums import Priority
+from db import dispatch as d
+from db import jobs as q
+from db.session import session_scope
+from tasks.send import send_synthesize
+
+log = logging.getLogger("voicefarm.dispatch")
+
+
+class PublishFailed(RuntimeError):
+    """The broker refused or could not be reached while publishing."""
+
+
+def dispatch(database_url: str, engine: str, pool: str, ahead: int) -> int:
+    """Fill the (engine, pool) queues of every priority up to `ahead` in-flight messages."""
+    return dispatch_queues(
+        database_url, [d.QueueKey(engine, pool, p.value) for p in Priority], ahead
+    )
+
+
+def dispatch_waiting(database_url: str, ahead: int) -> int:
+    """Fill every queue that has undispatched jobs (the reconciler)."""
+    with session_scope(database_url) as s:
+        keys = d.waiting_queues(s)
+    return dispatch_queues(database_url, keys, ahead)
+
+
+def dispatch_queues(database_url: str, keys: list[d.QueueKey], ahead: int) -> int:
+    sent = 0
+    for key in keys:
+        with session_scope(database_url) as s:
+            picked = d.pick(s, key, ahead)
+        sent += publish(database_url, picked)
+    return sent
+
+
+def publish(database_url: str, jobs: list[q.Redispatch]) -> int:
+    """Send committed dispatches; on the first broker error clear the unsent ones' mark and
+    raise PublishFailed."""
+    sent = 0
+    try:
+        for r in jobs:
+            send_synthesize(r.job_id, r.engine, r.priority, r.pool)
+            sent += 1
+    except Exception as exc:
+        unsent = [r.job_id for r in jobs[sent:]]
+        log.error(
+            "event=dispatch.publish_failed sent=%d unsent_jobs=%d error=%s: %s",
+            sent,
+            len(unsent),
+            type(exc).__name__,
+            exc,
+        )
+        try:
+            with session_scope(database_url) as s:
+                q.undispatch(s, unsent)
+        except Exception:
+            # Harmless: those jobs count as in flight until the grace period, then the
+            # reconciler re-publishes them as lost messages.
+            log.warning("event=dispatch.undispatch_failed jobs=%d", len(unsent), exc_info=True)
+        raise PublishFailed(
+            f"broker unreachable: {len(unsent)} jobs left for the next dispatch "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    return sent
