@@ -103,7 +103,7 @@ def admit(
             f"choose one of {sorted(spec.voices)}",
             field="voice",
         )
-    speaking = choose(session, body, spec, engines, settings)
+    speaking = choose(session, body, spec, engines, settings, tenant_id)
     if body.format not in spec.formats:
         raise UnsupportedFormat(
             f"format {body.format!r} is not supported; choose one of {list(spec.formats)}",

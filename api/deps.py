@@ -10,6 +10,7 @@ from fastapi import Depends, Request, Response
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy.orm import Session
 
+from api.auth import Caller, get_caller
 from api.waiter import JobWaiter
 from core.settings import Settings, get_settings
 from core.storage import Storage, get_storage
@@ -73,3 +74,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 StorageDep = Annotated[Storage, Depends(_storage)]
 WaiterDep = Annotated[JobWaiter, Depends(get_waiter)]
+# The tenant (or admin) a request acts for; 401/429 before the route runs (api/auth.py).
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
+from api.auth import get_caller
 from api.routes import compat, engines, health, jobs, voices
-from api.security import ApiKey, BodyLimit
+from api.security import BodyLimit
+from core.errors import TooManyAuthFailures, Unauthorized
 from core.logging import configure_logging
 from core.settings import get_settings
 
@@ -67,11 +69,16 @@ def create_app() -> FastAPI:
         },
     )
     app.add_middleware(HeadAsGet)
+    # /healthz, /readyz and /metrics stay open (probes and Prometheus; docs/SECURITY.md).
+    # Every other router authenticates; routes that scope by tenant take CallerDep too, which
+    # FastAPI resolves once per request.
+    auth = [Depends(get_caller)]
+    refusals = errors.responses(Unauthorized, TooManyAuthFailures)
     app.include_router(health.router)
-    app.include_router(jobs.router, dependencies=[ApiKey])
-    app.include_router(engines.router, dependencies=[ApiKey])
-    app.include_router(voices.router, dependencies=[ApiKey])
-    app.include_router(compat.router, dependencies=[ApiKey])
+    app.include_router(jobs.router, dependencies=auth)
+    app.include_router(engines.router, dependencies=auth, responses=refusals)
+    app.include_router(voices.router, dependencies=auth)
+    app.include_router(compat.router, dependencies=auth, responses=refusals)
     return app
 
 

@@ -15,7 +15,10 @@ from db.session import get_sessionmaker
 
 REGISTRY = CollectorRegistry()
 JOBS_SUBMITTED = Counter(
-    "voicefarm_jobs_submitted_total", "Jobs accepted by the API", ["engine"], registry=REGISTRY
+    "voicefarm_jobs_submitted_total",
+    "Jobs accepted by the API, by engine and tenant name (tenants are few: bounded labels)",
+    ["engine", "tenant"],
+    registry=REGISTRY,
 )
 PREDICT_WAITING = Gauge(
     "voicefarm_predict_waiting", "/api/predict calls waiting for their job", registry=REGISTRY

@@ -48,6 +48,7 @@ def choose(
     spec: EngineSpec,
     engines: dict[str, EngineSpec],
     settings: Settings,
+    tenant_id: uuid.UUID,
 ) -> Speaking:
     instruction = body.instruction.strip() if body.instruction else None
     mode = body.mode or _default_mode(body, instruction)
@@ -76,12 +77,17 @@ def choose(
             f"engine {spec.name!r} does not speak {language!r}; it speaks {sorted(spec.languages)}",
             field="language",
         )
-    voice_id = _voice_for(session, body, mode, spec, settings)
+    voice_id = _voice_for(session, body, mode, spec, settings, tenant_id)
     return Speaking(mode, voice_id, instruction, language)
 
 
 def _voice_for(
-    session: Session, body: JobCreate, mode: JobMode, spec: EngineSpec, settings: Settings
+    session: Session,
+    body: JobCreate,
+    mode: JobMode,
+    spec: EngineSpec,
+    settings: Settings,
+    tenant_id: uuid.UUID,
 ) -> uuid.UUID | None:
     if mode not in spec.voice_modes:
         if body.voice_id is not None:
@@ -104,6 +110,11 @@ def _voice_for(
         )
     voice = session.get(Voice, voice_id)
     field = "voice_id" if body.voice_id else None
+    # The job's tenant's voices only: another tenant's id is as unknown as a missing one. The
+    # operator's VOICEFARM_DEFAULT_VOICE_ID is shared by every tenant on purpose.
+    foreign = voice is not None and voice.tenant_id != tenant_id
+    if foreign and voice_id != settings.default_voice_id:
+        voice = None
     if voice is None:
         raise UnknownVoice(f"no voice with id {voice_id}", field=field)
     if voice.status != "ready":

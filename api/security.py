@@ -1,32 +1,12 @@
-"""API keys (optional) and the request-size limit."""
+"""The request-size limit. (Authentication: api/auth.py.)"""
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import SettingsDep
-from core.errors import RequestTooLarge, Unauthorized
-
-
-def require_api_key(
-    settings: SettingsDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
-    keys = settings.api_key_list()
-    if not keys:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not any(
-        hmac.compare_digest(token.encode(), k.encode()) for k in keys
-    ):
-        raise Unauthorized("send a valid API key as `Authorization: Bearer <key>`")
-
-
-ApiKey = Depends(require_api_key)
+from core.errors import RequestTooLarge
 
 
 class BodyLimit:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api import quotas
 from api.admission import admit, check_storable, request_hash
+from api.auth import Caller
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import JobCreate
 from core.errors import IdempotencyConflict
@@ -15,14 +17,21 @@ from core.webhooks import check_webhook_url
 from db import jobs as q
 from db.models import Job
 from db.session import after_commit, rollback
-from tasks.send import send_synthesize, send_webhooks
+from tasks.dispatch import dispatch
+from tasks.send import send_webhooks
 
 
 def submit(
-    session: Session, settings: Settings, body: JobCreate, idempotency_key: str | None = None
+    session: Session,
+    settings: Settings,
+    body: JobCreate,
+    caller: Caller,
+    idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    """(job, replayed). Only flushes: the request boundary commits, and the message is sent
-    after that commit (house rule 2), or never when it rolls back."""
+    """(job, replayed): a job of the caller's tenant. Only flushes: the request boundary
+    commits, and the message is sent after that commit (house rule 2), or never when it rolls
+    back."""
+    tenant_id = caller.tenant_id
     check_storable(body)
     digest = request_hash(body)
     if body.webhook_url is not None:
@@ -30,10 +39,12 @@ def submit(
         # server must not keep a pooled connection idle in a transaction meanwhile.
         check_webhook_url(body.webhook_url, allow_private=settings.webhook_allow_private)
     if idempotency_key:
-        existing = q.find_by_idempotency_key(session, idempotency_key)
+        existing = q.find_by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), True
-    job = admit(session, body, settings)
+    job = admit(session, body, settings, tenant_id)
+    # Limits last, just before the insert: the tenant row stays locked until the commit.
+    quotas.check_job(session, settings, tenant_id, len(job.text))
     job.idempotency_key = idempotency_key
     job.request_hash = digest
     try:
@@ -41,13 +52,17 @@ def submit(
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.
         rollback(session)
-        existing = q.find_by_idempotency_key(session, idempotency_key or "")
+        existing = q.find_by_idempotency_key(session, tenant_id, idempotency_key or "")
         if existing is None:
             raise
         return _replay(existing, digest), True
-    after_commit(session, lambda: send_synthesize(job.id, job.engine, job.priority, job.pool))
+    # Published in its tenant's turn when its queue has room (fair share, tasks/dispatch.py).
+    after_commit(
+        session,
+        lambda: dispatch(settings.database_url, job.engine, job.pool, settings.dispatch_ahead),
+    )
     after_commit(session, lambda: send_webhooks(deliveries))
-    after_commit(session, lambda: JOBS_SUBMITTED.labels(job.engine).inc())
+    after_commit(session, lambda: JOBS_SUBMITTED.labels(job.engine, caller.tenant_name).inc())
     return job, False
 
 

@@ -11,8 +11,10 @@ import uuid
 
 from sqlalchemy.orm import Session
 
+from api import quotas
 from api.voice_input import VoiceFields
 from core.errors import StorageError
+from core.settings import get_settings
 from core.storage import Storage, voice_upload_key
 from db import voices as q
 from db.models import Voice
@@ -22,10 +24,13 @@ from tasks.send import send_prepare_voice
 log = logging.getLogger("voicefarm.api")
 
 
-def submit_voice(session: Session, storage: Storage, fields: VoiceFields, data: bytes) -> Voice:
-    """A new voice in `processing`. Only flushes: the caller's boundary commits."""
+def submit_voice(
+    session: Session, storage: Storage, fields: VoiceFields, data: bytes, tenant_id: uuid.UUID
+) -> Voice:
+    """A new voice of `tenant_id` in `processing`. Only flushes: the caller's boundary commits."""
     voice = Voice(
         id=uuid.uuid4(),
+        tenant_id=tenant_id,
         name=fields.name,
         transcript=fields.transcript,
         language=fields.language,
@@ -34,7 +39,8 @@ def submit_voice(session: Session, storage: Storage, fields: VoiceFields, data: 
         upload_bytes=len(data),
         upload_sha256=hashlib.sha256(data).hexdigest(),
     )
-    voice.upload_key = voice_upload_key(str(voice.id))
+    quotas.check_voice(session, get_settings(), tenant_id)
+    voice.upload_key = voice_upload_key(str(tenant_id), str(voice.id))
     # The object first, then the row: a row never points at nothing. Should the commit fail,
     # the object is an orphan that maintenance.sweep_orphans deletes.
     _put(storage, voice.upload_key, data)

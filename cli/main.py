@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     from cli.voices import add_voices_parser
 
     add_voices_parser(sub)
+    from cli.tenants import add_parsers as add_tenant_parsers
+
+    add_tenant_parsers(sub)
     migrate = sub.add_parser("migrate", help="wait for PostgreSQL and apply migrations")
     migrate.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it")
     sub.add_parser("farm", help="migrate, then run API, workers, beat and Flower (make run)")
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from cli.farm import run_workers
 
         return run_workers(args.pool)
+    if args.command in ("tenants", "keys"):
+        from cli.tenants import run_keys, run_tenants
+
+        return run_tenants(args) if args.command == "tenants" else run_keys(args)
     if args.command == "voices":
         from cli.voices import run_voices
 

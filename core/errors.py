@@ -143,6 +143,13 @@ class Unauthorized(VoicefarmError):
         return {**super().headers(), "WWW-Authenticate": 'Bearer realm="voicefarm"'}
 
 
+class TooManyAuthFailures(VoicefarmError):
+    """Too many failed authentications from one client address; carries Retry-After."""
+
+    status_code = 429
+    code = "too_many_auth_failures"
+
+
 class RequestTooLarge(VoicefarmError):
     status_code = 413
     code = "request_too_large"

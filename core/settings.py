@@ -51,9 +51,14 @@ class Settings(BaseSettings):
     flower_address: str = "127.0.0.1"
     flower_basic_auth: SecretStr = SecretStr("admin:voicefarm")
 
-    # Clients must send `Authorization: Bearer <key>` with one of these (comma-separated);
-    # empty: no authentication (development, or a gateway in front does it).
-    api_keys: SecretStr = SecretStr("")
+    # Clients send `Authorization: Bearer <key>` with a tenant key (`voicefarm keys create`).
+    # Off only on purpose (`make run` turns it off for local work): every request then acts as
+    # the default tenant. Production refuses it off unless the override below is also set (a
+    # gateway in front authenticates and the API is unreachable otherwise).
+    auth_enabled: bool = True
+    allow_auth_disabled_in_production: bool = False
+    # Failed authentications per client address per minute before 429 too_many_auth_failures.
+    auth_failures_per_minute: int = Field(10, ge=1)
     max_request_bytes: int = Field(1_000_000, ge=1024)
 
     # Admission limits
@@ -95,15 +100,15 @@ class Settings(BaseSettings):
     # The longest one engine may take to load before the supervisor calls the worker hung.
     worker_load_timeout_seconds: float = Field(600.0, gt=0)
     worker_state_dir: Path = Path("var/run")
+    # The pool `voicefarm workers` serves (`--pool` wins): its children consume only
+    # `synth.<pool>.<engine>[.batch]` (core.enums.synth_queue); jobs reach a pool when their
+    # tenant or voice is pinned to it (db/pools.py).
+    worker_pool: str = Field(DEFAULT_POOL, pattern=POOL_NAME_PATTERN)
     # Set by the supervisor on each child it starts:
     worker_engines: str = ""  # engines this process loads and serves, "piper,cosyvoice"
     worker_heartbeat_file: Path | None = None
     # Prometheus ports (0 turns one off): the supervisor's, and the first child's (+1 each).
     supervisor_metrics_port: int = 9100
-    # The pool `voicefarm workers` serves (`--pool` wins): its children consume only
-    # `synth.<pool>.<engine>[.batch]` (core.enums.synth_queue); jobs reach a pool when their
-    # tenant or voice is pinned to it (db/pools.py).
-    worker_pool: str = Field(DEFAULT_POOL, pattern=POOL_NAME_PATTERN)
     worker_metrics_port: int = 9101
     # Where those metrics ports listen. They have no auth: loopback unless Prometheus scrapes
     # from another host or container (then 0.0.0.0 inside a private network).
@@ -177,9 +182,6 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    def api_key_list(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
-
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> Settings:
         if self.environment == Environment.production:
@@ -187,6 +189,13 @@ class Settings(BaseSettings):
                 raise ValueError("set VOICEFARM_WEBHOOK_SECRET in production")
             if self.flower_basic_auth.get_secret_value() == "admin:voicefarm":
                 raise ValueError("set VOICEFARM_FLOWER_BASIC_AUTH in production")
+            if not self.auth_enabled and not self.allow_auth_disabled_in_production:
+                raise ValueError(
+                    "VOICEFARM_AUTH_ENABLED=false in production: every caller would act as the "
+                    "default tenant. Keep auth on, or also set "
+                    "VOICEFARM_ALLOW_AUTH_DISABLED_IN_PRODUCTION=true when a gateway in front "
+                    "authenticates every request"
+                )
         secret = self.webhook_secret.get_secret_value()
         try:
             key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)

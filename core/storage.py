@@ -1,7 +1,9 @@
 """Where audio lands: a local folder (embedded default) or any S3-compatible store (MinIO, AWS).
 
-Keys look like `jobs/<job_id>/<attempt>.<ext>`, so a retried attempt never overwrites the audio of
-another attempt and a stale worker's upload is harmless.
+Keys look like `jobs/<tenant_id>/<job_id>/<attempt>.<ext>`, so a retried attempt never overwrites
+the audio of another attempt and a stale worker's upload is harmless, and every object names its
+tenant (`voices/<tenant_id>/<voice_id>/...` likewise). Objects written before tenants
+(`jobs/<job_id>/...`, `voices/<voice_id>/...`) stay where they are; their rows point at them.
 """
 
 from __future__ import annotations
@@ -23,23 +25,32 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-def job_audio_key(job_id: str, attempt: int, ext: str) -> str:
-    return f"jobs/{job_id}/{attempt}.{ext}"
+PROMPT_NAME = "prompt.wav"
 
 
-def voice_prefix(voice_id: str) -> str:
+def job_audio_key(tenant_id: str, job_id: str, attempt: int, ext: str) -> str:
+    return f"jobs/{tenant_id}/{job_id}/{attempt}.{ext}"
+
+
+def voice_prefix(tenant_id: str, voice_id: str) -> str:
     """Everything stored for one voice lies under this prefix (deleted with the voice)."""
-    return f"voices/{voice_id}/"
+    return f"voices/{tenant_id}/{voice_id}/"
 
 
-def voice_upload_key(voice_id: str) -> str:
+def voice_upload_key(tenant_id: str, voice_id: str) -> str:
     """The recording as the client uploaded it, kept for reprocessing."""
-    return f"{voice_prefix(voice_id)}upload"
+    return f"{voice_prefix(tenant_id, voice_id)}upload"
 
 
-def voice_prompt_key(voice_id: str) -> str:
+def voice_prompt_key(tenant_id: str, voice_id: str) -> str:
     """The prompt a worker made from the upload: mono WAV, silence trimmed."""
-    return f"{voice_prefix(voice_id)}prompt.wav"
+    return f"{voice_prefix(tenant_id, voice_id)}{PROMPT_NAME}"
+
+
+def voice_folder(upload_key: str) -> str:
+    """The prefix of the voice whose upload is stored at `upload_key`, in either layout: a
+    voice's other objects go beside its upload."""
+    return upload_key.rsplit("/", 1)[0] + "/"
 
 
 @dataclass(frozen=True)

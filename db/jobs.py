@@ -40,8 +40,14 @@ class AudioResult:
     quality: dict[str, float] | None = None
 
 
-def get_job(session: Session, job_id: uuid.UUID, *, lock: bool = False) -> Job:
+def get_job(
+    session: Session, job_id: uuid.UUID, *, lock: bool = False, tenant_id: uuid.UUID | None = None
+) -> Job:
+    """The job; with `tenant_id`, only that tenant's (another tenant's id is as missing: 404).
+    Without it (workers, maintenance, admin callers) any job."""
     stmt = select(Job).where(Job.id == job_id)
+    if tenant_id is not None:
+        stmt = stmt.where(Job.tenant_id == tenant_id)
     if lock:
         stmt = stmt.with_for_update()
     job = session.scalar(stmt.execution_options(populate_existing=True))
@@ -50,8 +56,9 @@ def get_job(session: Session, job_id: uuid.UUID, *, lock: bool = False) -> Job:
     return job
 
 
-def find_by_idempotency_key(session: Session, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.idempotency_key == key))
+def find_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
+    """Keys are scoped per tenant: another tenant's use of the same key is not seen."""
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
 def create_job(session: Session, job: Job, base_url: str) -> list[str]:
@@ -194,9 +201,12 @@ def release(
     return []
 
 
-def cancel_job(session: Session, job_id: uuid.UUID, base_url: str) -> tuple[Job, list[str]]:
-    """Cancel a queued or running job. A running worker notices at its next heartbeat."""
-    job = get_job(session, job_id, lock=True)
+def cancel_job(
+    session: Session, job_id: uuid.UUID, base_url: str, *, tenant_id: uuid.UUID | None = None
+) -> tuple[Job, list[str]]:
+    """Cancel a queued or running job (of `tenant_id` when given). A running worker notices at
+    its next heartbeat."""
+    job = get_job(session, job_id, lock=True, tenant_id=tenant_id)
     if JobStatus(job.status).is_terminal():
         raise JobNotCancelable(
             f"job {job_id} is already {job.status}; only queued or running jobs can be canceled"
@@ -352,10 +362,20 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def list_jobs(
-    session: Session, *, status: JobStatus | None, limit: int, cursor: str | None
+    session: Session,
+    *,
+    status: JobStatus | None,
+    limit: int,
+    cursor: str | None,
+    tenant_id: uuid.UUID | None = None,
 ) -> tuple[list[Job], str | None]:
-    """Newest first, keyset-paginated on (created_at, id)."""
+    """Newest first, keyset-paginated on (created_at, id); only `tenant_id`'s jobs when given.
+
+    A cursor is only a position: another tenant's cursor pages this tenant's own rows from
+    that point and reveals nothing else."""
     stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if tenant_id is not None:
+        stmt = stmt.where(Job.tenant_id == tenant_id)
     if status is not None:
         stmt = stmt.where(Job.status == status.value)
     if cursor:

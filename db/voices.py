@@ -35,8 +35,17 @@ class PreparedPrompt:
     embedding: list[float]
 
 
-def get_voice(session: Session, voice_id: uuid.UUID, *, lock: bool = False) -> Voice:
+def get_voice(
+    session: Session,
+    voice_id: uuid.UUID,
+    *,
+    lock: bool = False,
+    tenant_id: uuid.UUID | None = None,
+) -> Voice:
+    """The voice; with `tenant_id`, only that tenant's (another tenant's id is a 404)."""
     stmt = select(Voice).where(Voice.id == voice_id)
+    if tenant_id is not None:
+        stmt = stmt.where(Voice.tenant_id == tenant_id)
     if lock:
         stmt = stmt.with_for_update()
     voice = session.scalar(stmt.execution_options(populate_existing=True))
@@ -56,10 +65,18 @@ def create_voice(session: Session, voice: Voice) -> Voice:
 
 
 def list_voices(
-    session: Session, *, status: VoiceStatus | None, limit: int, cursor: str | None
+    session: Session,
+    *,
+    status: VoiceStatus | None,
+    limit: int,
+    cursor: str | None,
+    tenant_id: uuid.UUID | None = None,
 ) -> tuple[list[Voice], str | None]:
-    """Newest first, keyset-paginated on (created_at, id) like jobs."""
+    """Newest first, keyset-paginated on (created_at, id) like jobs; `tenant_id`'s only when
+    given (a foreign cursor just pages this tenant's rows)."""
     stmt = select(Voice).order_by(Voice.created_at.desc(), Voice.id.desc()).limit(limit + 1)
+    if tenant_id is not None:
+        stmt = stmt.where(Voice.tenant_id == tenant_id)
     if status is not None:
         stmt = stmt.where(Voice.status == status.value)
     if cursor:
@@ -81,11 +98,12 @@ def update_voice(
     transcript: str | None = None,
     language: str | None = None,
     clear_language: bool = False,
+    tenant_id: uuid.UUID | None = None,
 ) -> Voice:
     """Change what the client may change. A different transcript bumps `revision`: prompts
     prepared for the old one (keyed by revision and transcript) are never used again. The
     embedding stays: the recording did not change."""
-    voice = get_voice(session, voice_id, lock=True)
+    voice = get_voice(session, voice_id, lock=True, tenant_id=tenant_id)
     if name is not None:
         voice.name = name
     if transcript is not None and transcript != voice.transcript:
@@ -105,20 +123,23 @@ def _active_jobs(voice_id: uuid.UUID) -> ColumnElement[bool]:
     )
 
 
-def delete_voice(session: Session, voice_id: uuid.UUID) -> None:
+def delete_voice(
+    session: Session, voice_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None
+) -> Voice:
     """Delete a voice no queued or running job uses; finished jobs keep their audio (their
     voice_id becomes NULL).
 
     The row lock serialises this with job admission: inserting a job that references the voice
     takes a key-share lock on it, so a job committed first is seen here (409), and one inserted
     after waits for this delete and then fails its foreign key."""
-    get_voice(session, voice_id, lock=True)
+    voice = get_voice(session, voice_id, lock=True, tenant_id=tenant_id)
     if session.scalar(select(_active_jobs(voice_id))):
         raise VoiceInUse(
             f"voice {voice_id} is used by queued or running jobs; cancel them or wait until "
             "they finish, then delete it"
         )
     session.execute(delete(Voice).where(Voice.id == voice_id))
+    return voice
 
 
 # --- worker side ----------------------------------------------------------------------------

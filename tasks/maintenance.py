@@ -197,25 +197,44 @@ def sweep_orphan_objects(
     return deleted
 
 
-def _job_id(key: str) -> uuid.UUID | None:
-    """`jobs/<job_id>/<attempt>.<ext>` -> job_id; None for a key of any other shape."""
-    parts = key.split("/")
-    if len(parts) != 3:
-        return None
+def _uuid(text: str) -> uuid.UUID | None:
     try:
-        return uuid.UUID(parts[1])
+        return uuid.UUID(text)
     except ValueError:
         return None
 
 
+def _job_key(key: str) -> tuple[uuid.UUID, str] | None:
+    """(job_id, `<attempt>.<ext>`) of `jobs/<tenant_id>/<job_id>/<attempt>.<ext>` or of the
+    layout before tenants, `jobs/<job_id>/<attempt>.<ext>`; None for a key of any other shape."""
+    parts = key.split("/")
+    if len(parts) == 4 and _uuid(parts[1]) is not None:
+        job_id = _uuid(parts[2])
+    elif len(parts) == 3:
+        job_id = _uuid(parts[1])
+    else:
+        return None
+    return None if job_id is None else (job_id, parts[-1])
+
+
+def _job_id(key: str) -> uuid.UUID | None:
+    found = _job_key(key)
+    return found[0] if found else None
+
+
+def _voice_id(key: str) -> uuid.UUID | None:
+    """`voices/<tenant_id>/<voice_id>/<name>` or, before tenants, `voices/<voice_id>/<name>`."""
+    parts = key.split("/")
+    if len(parts) == 4 and _uuid(parts[1]) is not None:
+        return _uuid(parts[2])
+    if len(parts) == 3:
+        return _uuid(parts[1])
+    return None
+
+
 def _voice_orphans(database_url: str, objects: list[StoredObject]) -> list[str]:
-    """`voices/<voice_id>/...` objects whose voice row is gone (or keys of no such shape)."""
-    ids: dict[str, uuid.UUID | None] = {}
-    for obj in objects:
-        try:
-            ids[obj.key] = uuid.UUID(obj.key.split("/")[1])
-        except (ValueError, IndexError):
-            ids[obj.key] = None
+    """Voice objects whose voice row is gone (or keys of no known shape)."""
+    ids: dict[str, uuid.UUID | None] = {obj.key: _voice_id(obj.key) for obj in objects}
     with get_sessionmaker(database_url)() as s:
         present = vq.existing_ids(s, [i for i in ids.values() if i is not None])
     return [key for key, voice_id in ids.items() if voice_id not in present]
@@ -233,13 +252,13 @@ def _orphans(database_url: str, objects: Iterable[StoredObject]) -> list[str]:
         rows = q.stored_results(s, list(ids))
     orphans = []
     for obj in objects:
-        job_id = _job_id(obj.key)
-        row = rows.get(job_id) if job_id else None
+        found = _job_key(obj.key)
+        row = rows.get(found[0]) if found else None
         if row is not None and row.result_key == obj.key:
             continue
         # The running attempt's own upload, its finish not yet recorded: never an orphan.
         running = row is not None and row.status == JobStatus.running.value
-        if running and row and obj.key.startswith(f"jobs/{job_id}/{row.attempts}."):
+        if running and row and found and found[1].startswith(f"{row.attempts}."):
             continue
         orphans.append(obj.key)
     return orphans

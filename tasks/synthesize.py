@@ -26,6 +26,7 @@ from core.settings import Settings
 from core.storage import get_storage, job_audio_key
 from core.text import halve, split_segments
 from db import jobs as q
+from db.models import DEFAULT_TENANT_ID
 from db.session import after_commit, session_scope
 from tasks.app import celery_app
 from tasks.dispatch import dispatch
@@ -63,6 +64,8 @@ class JobInput:
     language: str | None = None
     # The cloned voice the job speaks with.
     voice_id: uuid.UUID | None = None
+    # The owner; its audio is stored under its tenant's prefix.
+    tenant_id: uuid.UUID = DEFAULT_TENANT_ID
 
 
 class Stopped(Exception):
@@ -198,19 +201,20 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
             job.mode,
             job.language,
             job.voice_id,
+            job.tenant_id,
         )
         # A release keeps its error code on the row until the next finish: this says whether an
         # earlier attempt of this job already took a worker down with CUDA OOM.
         oomed_before = job.error_code == ErrorCode.out_of_memory.value
         deliveries = q.started_event(s, claim, base)
         after_commit(s, lambda: send_webhooks(deliveries))
+        # The claim freed a slot in the queue: publish the next job in fair-share order now,
+        # not at the next reconcile.
+        after_commit(s, functools.partial(_dispatch, settings, job.engine, job.pool))
     log.info("event=jobs.claimed job=%s attempt=%d worker=%s", job_id, claim.attempt, rt.worker_id)
     t0 = time.perf_counter()
     try:
         with LeaseKeeper(settings, claim) as keeper:
-        # The claim freed a slot in the queue: publish the next job in fair-share order now,
-        # not at the next reconcile.
-        after_commit(s, functools.partial(_dispatch, settings, job.engine, job.pool))
             _run_claimed(rt, claim, inp, t0, keeper)
     except Stopped:
         log.info("event=jobs.stopped job=%s attempt=%d", job_id, claim.attempt)
@@ -297,7 +301,7 @@ def _synthesize_and_store(
         return
     encoded = writer.finish()
     quality = _quality(inp.engine, cloned, encoded.path)
-    key = job_audio_key(str(claim.job_id), claim.attempt, encoded.format)
+    key = job_audio_key(str(inp.tenant_id), str(claim.job_id), claim.attempt, encoded.format)
     storage = get_storage(settings)
     u0 = time.perf_counter()
     storage.put_file(key, encoded.path, encoded.content_type)
@@ -462,14 +466,14 @@ def _release(settings: Settings, claim: q.Claim, inp: JobInput, code: str, messa
     _metrics_finished(inp.engine, "requeued" if requeued else "failed")
 
 
-def _fail(settings: Settings, claim: q.Claim, inp: JobInput, code: str, message: str) -> None:
-    with session_scope(settings.database_url) as s:
-        deliveries = q.finish_failure(s, claim, code, message, settings.public_base_url)
-        after_commit(s, lambda: send_webhooks(deliveries))
 def _dispatch(settings: Settings, engine: str, pool: str) -> None:
     dispatch(settings.database_url, engine, pool, settings.dispatch_ahead)
 
 
+def _fail(settings: Settings, claim: q.Claim, inp: JobInput, code: str, message: str) -> None:
+    with session_scope(settings.database_url) as s:
+        deliveries = q.finish_failure(s, claim, code, message, settings.public_base_url)
+        after_commit(s, lambda: send_webhooks(deliveries))
     _metrics_finished(inp.engine, "failed")
 
 

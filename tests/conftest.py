@@ -35,6 +35,9 @@ os.environ.update(
         "VOICEFARM_SUPERVISOR_METRICS_PORT": "0",
         "VOICEFARM_WORKER_METRICS_PORT": "0",
         "VOICEFARM_LOG_LEVEL": "INFO",
+        # The suite acts as the default tenant; tests of keys and isolation turn auth on with
+        # use_settings(client, auth_enabled=True) (tests/integration/test_tenants.py).
+        "VOICEFARM_AUTH_ENABLED": "false",
     }
 )
 from tests.fixtures.engines import FIXTURE_ENGINES  # noqa: E402
@@ -89,10 +92,14 @@ def db(database: str, redis_client: object) -> Iterator[str]:
     isolation is by truncation rather than a rolled-back transaction."""
     from sqlalchemy import text
 
+    from db.models import DEFAULT_TENANT_ID
     from db.session import get_engine
 
     with get_engine(database).begin() as c:
         c.execute(text("TRUNCATE jobs, webhook_deliveries, webhook_attempts, voices CASCADE"))
+        # Tenants made by a test go (with their keys); the default tenant stays.
+        c.execute(text("DELETE FROM tenants WHERE id <> :d"), {"d": DEFAULT_TENANT_ID})
+        c.execute(text("DELETE FROM api_keys"))
     redis_client.flushdb()  # type: ignore[attr-defined]
     yield database
 

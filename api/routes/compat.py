@@ -26,7 +26,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from api.deps import SettingsDep, WaiterDep
+from api.auth import Caller
+from api.deps import CallerDep, SettingsDep, WaiterDep
 from api.errors import responses, validation_error
 from api.predict_input import PredictCall, read_call
 from api.schemas import JobCreate
@@ -107,14 +108,14 @@ def _engine_for(mode: JobMode, engines: dict[str, EngineSpec], settings: Setting
     },
 )
 async def predict(
-    body: PredictIn, request: Request, settings: SettingsDep, waiter: WaiterDep
+    body: PredictIn, request: Request, settings: SettingsDep, waiter: WaiterDep, caller: CallerDep
 ) -> JSONResponse:
     """Gradio-style synchronous call: submits a job and waits for its audio URL."""
     call = read_call(body.data, settings.max_voice_upload_bytes)
     async with waiter.slot():
         deadline = time.monotonic() + settings.predict_timeout_seconds
         if call.upload is not None:
-            voice_id = await run_in_threadpool(_new_voice, settings, call)
+            voice_id = await run_in_threadpool(_new_voice, settings, call, caller)
             if not await _voice_ready(settings, voice_id, deadline, request):
                 link = f"{settings.public_base_url.rstrip('/')}/v1/voices/{voice_id}"
                 return JSONResponse(
@@ -127,7 +128,7 @@ async def predict(
                     status_code=202,
                 )
             call = dataclasses.replace(call, voice_id=voice_id, upload=None)
-        job_id = await run_in_threadpool(_submit, settings, call)
+        job_id = await run_in_threadpool(_submit, settings, call, caller)
         left = max(0.0, deadline - time.monotonic())
         await waiter.wait(job_id, left, request.is_disconnected)
     view = await run_in_threadpool(_view, settings, job_id)
@@ -157,10 +158,11 @@ async def predict(
     )
 
 
-def _new_voice(settings: Settings, call: PredictCall) -> uuid.UUID:
+def _new_voice(settings: Settings, call: PredictCall, caller: Caller) -> uuid.UUID:
     fields = voice_fields("predict prompt", call.transcript, None, settings)
     with session_scope(settings.database_url) as session:
-        voice = submit_voice(session, get_storage(settings), fields, call.upload or b"")
+        storage = get_storage(settings)
+        voice = submit_voice(session, storage, fields, call.upload or b"", caller.tenant_id)
         voice_id: uuid.UUID = voice.id
     return voice_id
 
@@ -189,7 +191,7 @@ def _voice_state(settings: Settings, voice_id: uuid.UUID) -> tuple[str, str | No
         return (voice.status, voice.error_code, voice.error_message)
 
 
-def _submit(settings: Settings, call: PredictCall) -> uuid.UUID:
+def _submit(settings: Settings, call: PredictCall, caller: Caller) -> uuid.UUID:
     with session_scope(settings.database_url) as session:
         engines = catalog(settings, registered_specs(session))
         try:
@@ -202,7 +204,7 @@ def _submit(settings: Settings, call: PredictCall) -> uuid.UUID:
             )
         except PydanticValidationError as exc:
             raise validation_error(exc.errors()) from None
-        job, _ = submit(session, settings, job_in)
+        job, _ = submit(session, settings, job_in, caller)
         job_id: uuid.UUID = job.id
     return job_id
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from api.deps import SessionDep, SettingsDep, StorageDep, json_response
+from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep, json_response
 from api.errors import responses
 from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDeliveryOut
 from api.submit import submit
@@ -29,6 +29,7 @@ from core.errors import (
     StorageError,
     TextEmpty,
     TextTooLong,
+    TooManyAuthFailures,
     Unauthorized,
     UnknownEngine,
     UnknownVoice,
@@ -47,7 +48,9 @@ from db.views import job_view
 from tasks.send import send_webhooks
 
 log = logging.getLogger("voicefarm.api")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(Unauthorized))
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], responses=responses(Unauthorized, TooManyAuthFailures)
+)
 
 
 def _out(job: Job, base_url: str) -> JobOut:
@@ -78,10 +81,11 @@ def create_job(
     body: JobCreate,
     session: SessionDep,
     settings: SettingsDep,
+    caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Submit a synthesis job; answers at once with the queued job."""
-    job, replayed = submit(session, settings, body, idempotency_key)
+    job, replayed = submit(session, settings, body, caller, idempotency_key)
     out = _out(job, settings.public_base_url)
     headers = {"Location": out.links.self}
     if replayed:
@@ -93,6 +97,7 @@ def create_job(
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
+    caller: CallerDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
@@ -105,23 +110,30 @@ def list_jobs(
     ] = None,
 ) -> Response:
     """List jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    rows, next_cursor = q.list_jobs(session, status=status, limit=limit, cursor=cursor)
+    rows, next_cursor = q.list_jobs(
+        session, status=status, limit=limit, cursor=cursor, tenant_id=caller.sees
+    )
     items = [_out(j, settings.public_base_url) for j in rows]
     return json_response(JobList(items=items, next_cursor=next_cursor))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=responses(JobNotFound))
-def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
+def get_job(
+    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: CallerDep
+) -> Response:
     """Read a job: status, attempts, progress, timings, error and result."""
-    return json_response(_out(q.get_job(session, job_id), settings.public_base_url))
+    job = q.get_job(session, job_id, tenant_id=caller.sees)
+    return json_response(_out(job, settings.public_base_url))
 
 
 @router.post(
     "/{job_id}/cancel", response_model=JobOut, responses=responses(JobNotFound, JobNotCancelable)
 )
-def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
+def cancel_job(
+    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: CallerDep
+) -> Response:
     """Cancel a queued or running job; a running one stops at its next segment."""
-    job, deliveries = q.cancel_job(session, job_id, settings.public_base_url)
+    job, deliveries = q.cancel_job(session, job_id, settings.public_base_url, tenant_id=caller.sees)
     after_commit(session, lambda: send_webhooks(deliveries))
     return json_response(_out(job, settings.public_base_url))
 
@@ -136,10 +148,11 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) ->
     response_model=None,
 )
 def get_audio(
-    job_id: uuid.UUID, session: SessionDep, storage: StorageDep
+    job_id: uuid.UUID, session: SessionDep, storage: StorageDep, caller: CallerDep
 ) -> StreamingResponse | RedirectResponse:
     """Download the audio of a succeeded job (streamed, or a redirect to S3)."""
-    job = q.get_job(session, job_id)
+    # Presigned URLs (VOICEFARM_S3_PRESIGN_SECONDS) are only ever issued here, to the owner.
+    job = q.get_job(session, job_id, tenant_id=caller.sees)
     if job.status != JobStatus.succeeded or not job.result_key:
         raise AudioNotReady(f"job {job_id} is {job.status}; audio exists once it has succeeded")
     url, chunks = _open(storage, job.result_key, job_id)
@@ -189,9 +202,10 @@ def _open(storage: Storage, key: str, job_id: uuid.UUID) -> tuple[str | None, It
     response_model=list[WebhookDeliveryOut],
     responses=responses(JobNotFound),
 )
-def get_webhooks(job_id: uuid.UUID, session: SessionDep) -> Response:
+def get_webhooks(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> Response:
     """Every webhook event of a job, with each delivery attempt."""
-    q.get_job(session, job_id)
+    # Deliveries are reached only through their job: the job's tenant scope covers them.
+    q.get_job(session, job_id, tenant_id=caller.sees)
     deliveries = wq.deliveries_for_job(session, job_id)
     attempts = wq.attempts_for(session, [d.id for d in deliveries])
     out = []

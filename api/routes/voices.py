@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
 
-from api.deps import SessionDep, SettingsDep, StorageDep
+from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep
 from api.errors import responses
 from api.schemas import VoiceList, VoiceOut, VoicePatch
 from api.voice_input import (
@@ -30,6 +30,7 @@ from core.errors import (
     QuotaExceeded,
     RequestTooLarge,
     StorageError,
+    TooManyAuthFailures,
     Unauthorized,
     UnknownLanguage,
     UnsupportedMediaType,
@@ -38,14 +39,16 @@ from core.errors import (
     VoiceNotFound,
 )
 from core.settings import Settings
-from core.storage import Storage, voice_prefix
+from core.storage import Storage, voice_folder, voice_prefix
 from db import voices as q
 from db.models import Voice
 from db.session import after_commit
 from db.views import iso
 
 log = logging.getLogger("voicefarm.api")
-router = APIRouter(prefix="/v1/voices", tags=["voices"], responses=responses(Unauthorized))
+router = APIRouter(
+    prefix="/v1/voices", tags=["voices"], responses=responses(Unauthorized, TooManyAuthFailures)
+)
 
 UPLOAD_DESCRIPTION = """Upload a 3-15 s recording of one speaker and exactly what it says.
 
@@ -129,6 +132,7 @@ def create_voice(
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
+    caller: CallerDep,
     audio: Annotated[UploadFile, File(description="The recording: WAV, FLAC or Ogg, 3-15 s.")],
     transcript: Annotated[str, Form(description="Exactly what the recording says.")],
     name: Annotated[str, Form(description=f"1-{MAX_NAME_CHARS} characters.")],
@@ -137,7 +141,7 @@ def create_voice(
     """Upload a voice to clone; answers at once with the voice in `processing`."""
     fields = voice_fields(name, transcript, language, settings)
     data = read_audio(audio.file, settings.max_voice_upload_bytes)
-    voice = submit_voice(session, storage, fields, data)
+    voice = submit_voice(session, storage, fields, data, caller.tenant_id)
     out = voice_out(voice, settings.public_base_url)
     return _json(out, 202, Location=out.links.self)
 
@@ -146,6 +150,7 @@ def create_voice(
 def list_voices(
     session: SessionDep,
     settings: SettingsDep,
+    caller: CallerDep,
     status: VoiceStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
@@ -158,15 +163,20 @@ def list_voices(
     ] = None,
 ) -> Response:
     """List voices, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    rows, next_cursor = q.list_voices(session, status=status, limit=limit, cursor=cursor)
+    rows, next_cursor = q.list_voices(
+        session, status=status, limit=limit, cursor=cursor, tenant_id=caller.sees
+    )
     items = [voice_out(v, settings.public_base_url) for v in rows]
     return _json(VoiceList(items=items, next_cursor=next_cursor))
 
 
 @router.get("/{voice_id}", response_model=VoiceOut, responses=responses(VoiceNotFound))
-def get_voice(voice_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
+def get_voice(
+    voice_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: CallerDep
+) -> Response:
     """Read a voice: status, error, prompt details."""
-    return _json(voice_out(q.get_voice(session, voice_id), settings.public_base_url))
+    voice = q.get_voice(session, voice_id, tenant_id=caller.sees)
+    return _json(voice_out(voice, settings.public_base_url))
 
 
 @router.patch(
@@ -175,7 +185,11 @@ def get_voice(voice_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -
     responses=responses(VoiceNotFound, UnknownLanguage, ValidationFailed),
 )
 def update_voice(
-    voice_id: uuid.UUID, body: VoicePatch, session: SessionDep, settings: SettingsDep
+    voice_id: uuid.UUID,
+    body: VoicePatch,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: CallerDep,
 ) -> Response:
     """Rename a voice or correct its transcript (a new transcript bumps `revision`)."""
     given = body.model_fields_set
@@ -194,18 +208,29 @@ def update_voice(
         transcript=transcript,
         language=check_language(body.language),
         clear_language="language" in given and not (body.language or "").strip(),
+        tenant_id=caller.sees,
     )
     return _json(voice_out(voice, settings.public_base_url))
 
 
 @router.delete("/{voice_id}", status_code=204, responses=responses(VoiceNotFound, VoiceInUse))
 def delete_voice(
-    voice_id: uuid.UUID, session: SessionDep, settings: SettingsDep, storage: StorageDep
+    voice_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    caller: CallerDep,
 ) -> Response:
     """Delete a voice no queued or running job uses (409 `voice_in_use` otherwise); finished
     jobs keep their audio. Its stored recording and prompts go once the row is gone."""
-    q.delete_voice(session, voice_id)
-    after_commit(session, functools.partial(_delete_objects, storage, voice_prefix(str(voice_id))))
+    voice = q.delete_voice(session, voice_id, tenant_id=caller.sees)
+    # Beside its upload, whichever layout it was stored in (before tenants: voices/<id>/).
+    prefix = (
+        voice_folder(voice.upload_key)
+        if voice.upload_key
+        else voice_prefix(str(voice.tenant_id), str(voice_id))
+    )
+    after_commit(session, functools.partial(_delete_objects, storage, prefix))
     return Response(status_code=204)
 
 

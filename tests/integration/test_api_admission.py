@@ -199,13 +199,17 @@ def test_oversized_bodies_are_413_before_parsing(client: TestClient, db: str) ->
     assert _count(db) == (0, 0)
 
 
-def test_api_keys_when_configured(client: TestClient, db: str) -> None:
+def test_tenant_keys_when_auth_is_on(client: TestClient, db: str) -> None:
+    """Auth on (the default outside tests): a tenant key admits a job; none or a wrong one is a
+    401 that writes nothing; probes stay open. (Keys and isolation: test_tenants.py.)"""
+    from tests.fixtures.tenants import tenant_with_key
 
-    use_settings(client, api_keys="k-one, k-two")
+    use_settings(client, auth_enabled=True)
+    key = tenant_with_key(db, "admission")
     assert client.post("/v1/jobs", json={"text": "hi"}).status_code == 401
     bad = client.post("/v1/jobs", json={"text": "hi"}, headers={"authorization": "Bearer nope"})
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"
-    ok = client.post("/v1/jobs", json={"text": "hi"}, headers={"authorization": "Bearer k-two"})
+    ok = client.post("/v1/jobs", json={"text": "hi"}, headers=key.headers)
     assert ok.status_code == 202
     assert client.get("/healthz").status_code == 200  # probes stay open
     assert _count(db) == (1, 0)

@@ -182,15 +182,18 @@ def test_head_answers_like_get_without_a_body(client: TestClient, db: str) -> No
     assert post_only.status_code == 405 and post_only.headers["allow"] == "POST"
 
 
-def test_401_names_the_bearer_scheme(client: TestClient) -> None:
+def test_401_names_the_bearer_scheme(client: TestClient, db: str) -> None:
     """Before the fix a 401 had no WWW-Authenticate header, which RFC 9110 requires."""
-    use_settings(client, api_keys="k1,k2")
-    for auth in (None, "", "Bearer", "Basic azE=", "Bearer k3", "Bearer k1,k2", "Bearer  k1"):
+    from tests.fixtures.tenants import tenant_with_key
+
+    use_settings(client, auth_enabled=True, auth_failures_per_minute=100)
+    k = tenant_with_key(db, "probe").key
+    for auth in (None, "", "Bearer", "Basic azE=", "Bearer k3", f"Bearer {k},{k}", f"Bearer  {k}"):
         r = client.get("/v1/jobs", headers={} if auth is None else {"Authorization": auth})
         assert r.status_code == 401, auth
         assert r.json()["error"]["code"] == "unauthorized"
         assert r.headers["www-authenticate"] == 'Bearer realm="voicefarm"'
-    assert client.get("/v1/jobs", headers={"Authorization": "bearer k2"}).status_code == 200
+    assert client.get("/v1/jobs", headers={"Authorization": f"bearer {k}"}).status_code == 200
 
 
 def _uses(dependant: Any, call: Callable[..., object]) -> bool:

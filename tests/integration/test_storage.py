@@ -34,7 +34,7 @@ def _s3(endpoint: str, bucket: str) -> S3Storage:
 
 
 def _roundtrip(storage: Storage) -> None:
-    key = job_audio_key(str(uuid.uuid4()), 1, "wav")
+    key = job_audio_key(str(uuid.uuid4()), str(uuid.uuid4()), 1, "wav")
     assert not storage.exists(key)
     storage.put(key, b"RIFF0000WAVEdata", "audio/wav")
     assert storage.exists(key)

@@ -171,7 +171,7 @@ def test_upload_is_prepared_into_a_ready_voice(client: Any, vdb: str, voice_work
     assert voice.embedding is not None and len(voice.embedding) == 256
     assert abs(float(np.linalg.norm(voice.embedding)) - 1.0) < 1e-4
     storage = get_storage(get_settings())
-    assert voice.prompt_key == voice_prompt_key(body["id"])
+    assert voice.prompt_key == voice_prompt_key(str(voice.tenant_id), body["id"])
     prompt = b"".join(storage.iter_bytes(voice.prompt_key))
     samples, rate = sf.read(io.BytesIO(prompt), dtype="float32")
     assert rate == va.RATE and samples.ndim == 1
@@ -179,7 +179,7 @@ def test_upload_is_prepared_into_a_ready_voice(client: Any, vdb: str, voice_work
     import hashlib
 
     assert voice.audio_sha256 == ready["audio_sha256"] == hashlib.sha256(prompt).hexdigest()
-    original = b"".join(storage.iter_bytes(voice_upload_key(body["id"])))
+    original = b"".join(storage.iter_bytes(voice_upload_key(str(voice.tenant_id), body["id"])))
     assert original == va.speech() and voice.upload_sha256 == hashlib.sha256(original).hexdigest()
 
     listed = client.get("/v1/voices").json()

@@ -14,7 +14,7 @@ import uuid
 
 from core.enums import VoiceErrorCode, VoiceStatus
 from core.settings import Settings
-from core.storage import Storage, voice_prompt_key
+from core.storage import PROMPT_NAME, Storage, voice_folder
 from db import voices as q
 from db.session import session_scope
 from workers.audio import encode_wav
@@ -48,7 +48,7 @@ def prepare_voice(voice_id: uuid.UUID, settings: Settings, storage: Storage) -> 
     except VoiceRejected as exc:
         return _fail(settings, claim, exc.code, exc.message)
     wav = encode_wav(prompt)
-    key = voice_prompt_key(str(voice_id))
+    key = voice_folder(claim.upload_key) + PROMPT_NAME
     storage.put(key, wav, "audio/wav")
     embedding = embed(prompt.samples, prompt.sample_rate)
     result = q.PreparedPrompt(
