@@ -39,6 +39,7 @@ services:
 # Webhooks to loopback are allowed here, for local receivers; production refuses them.
 run: $(VENV)/.installed
 	VOICEFARM_WEBHOOK_ALLOW_PRIVATE=$${VOICEFARM_WEBHOOK_ALLOW_PRIVATE:-true} \
+	VOICEFARM_AUTH_ENABLED=$${VOICEFARM_AUTH_ENABLED:-false} \
 	  exec $(BIN)/voicefarm farm
 
 test: $(VENV)/.installed-dev services
