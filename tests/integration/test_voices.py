@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from core.settings import get_settings
 from core.storage import get_storage, voice_prompt_key, voice_upload_key
-from db.models import Job, Voice
+from db.models import DEFAULT_TENANT_ID, Job, Voice
 from db.session import get_engine, session_scope
 from tests.fixtures import voice_audio as va
 from tests.fixtures.processes import Proc, start_worker, wait_until
@@ -258,13 +258,14 @@ def test_delete_refuses_while_queued_jobs_use_the_voice(
     assert r.status_code == 409 and r.json()["error"]["code"] == "voice_in_use"
     assert client.get(f"/v1/voices/{vid}").status_code == 200
     storage = get_storage(get_settings())
-    assert len(list(storage.list_keys(f"voices/{vid}/"))) == 2  # upload and prompt
+    folder = f"voices/{DEFAULT_TENANT_ID}/{vid}/"  # the default tenant's: auth is off here
+    assert len(list(storage.list_keys(folder))) == 2  # upload and prompt
 
     with session_scope(vdb) as s:
         s.execute(text("UPDATE jobs SET status = 'canceled' WHERE id = :id"), {"id": queued})
     assert client.delete(f"/v1/voices/{vid}").status_code == 204
     assert client.get(f"/v1/voices/{vid}").json()["error"]["code"] == "voice_not_found"
-    assert list(storage.list_keys(f"voices/{vid}/")) == []
+    assert list(storage.list_keys(folder)) == []
     with session_scope(vdb) as s:
         kept = s.get(Job, finished)
         assert kept is not None and kept.voice_id is None and kept.status == "succeeded"

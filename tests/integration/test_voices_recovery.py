@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from core.settings import get_settings
 from core.storage import get_storage
+from db.models import DEFAULT_TENANT_ID
 from db.session import get_engine, session_scope
 from tasks.maintenance import reconcile, sweep_orphan_objects
 from tests.fixtures import voice_audio as va
@@ -84,17 +85,18 @@ def test_voice_out_of_attempts_fails_with_a_code(client: Any, vdb: str, redis_cl
 def test_orphaned_voice_objects_are_swept(client: Any, vdb: str, redis_client: Any) -> None:
     kept = upload(client, va.speech()).json()["id"]
     storage = get_storage(get_settings())
-    gone = str(uuid.uuid4())
-    storage.put(f"voices/{gone}/upload", b"RIFF", "application/octet-stream")
-    storage.put(f"voices/{gone}/prompt.wav", b"RIFF", "audio/wav")
+    gone, tenant = str(uuid.uuid4()), str(DEFAULT_TENANT_ID)
+    storage.put(f"voices/{tenant}/{gone}/upload", b"RIFF", "application/octet-stream")
+    storage.put(f"voices/{tenant}/{gone}/prompt.wav", b"RIFF", "audio/wav")
+    storage.put(f"voices/{gone}/upload", b"RIFF", "application/octet-stream")  # before tenants
     storage.put("voices/not-a-uuid/upload", b"RIFF", "application/octet-stream")
     deleted = sweep_orphan_objects(
         storage, get_settings().database_url, datetime.now(UTC) + timedelta(seconds=5)
     )
     # The store is shared by the session: earlier tests' voices (rows truncated since) are
     # orphans too. Only the one voice with a row may remain.
-    assert deleted >= 3
-    assert [o.key for o in storage.list_keys("voices/")] == [f"voices/{kept}/upload"]
+    assert deleted >= 4
+    assert [o.key for o in storage.list_keys("voices/")] == [f"voices/{tenant}/{kept}/upload"]
     with get_engine(vdb).connect() as c:
         assert c.execute(text("SELECT count(*) FROM voices")).scalar_one() == 1
 
@@ -115,7 +117,7 @@ def test_prepare_is_idempotent_and_a_lost_upload_fails_with_a_code(
     assert client.get(f"/v1/voices/{vid}").json() == before
     assert prepare_voice(uuid.uuid4(), settings, storage) == "skipped"  # no such voice
 
-    storage.delete(f"voices/{lost}/upload")
+    storage.delete(voice_row(vdb, lost).upload_key or "")
     assert prepare_voice(uuid.UUID(lost), settings, storage) == "failed"
     voice = client.get(f"/v1/voices/{lost}").json()
     assert voice["error"]["code"] == "storage_error" and voice["attempts"] == 1

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from core.settings import get_settings
 from core.webhooks import verify
+from db.models import DEFAULT_TENANT_ID
 from tests.fixtures.api import use_settings
 from tests.fixtures.audio_checks import assert_speech, read_wav
 from tests.fixtures.processes import Proc, wait_until
@@ -198,7 +199,7 @@ def test_wav_bytes_on_disk_match_the_recorded_hash(
 
     job = client.post("/v1/jobs", json={"text": "hash me", "engine": "tone"}).json()
     done = wait_job(client, job["id"])
-    path = tmp_root / "storage" / "jobs" / job["id"] / "1.wav"
+    path = tmp_root / "storage" / "jobs" / str(DEFAULT_TENANT_ID) / job["id"] / "1.wav"
     data = path.read_bytes()
     assert hashlib.sha256(data).hexdigest() == done["result"]["sha256"]
     samples, rate = read_wav(data)
@@ -286,7 +287,7 @@ def test_retention_deletes_old_finished_jobs_and_their_audio(
             text("UPDATE jobs SET finished_at = now() - interval '40 days' WHERE id = :i"),
             {"i": old["id"]},
         )
-    audio = tmp_root / "storage" / "jobs" / old["id"] / "1.wav"
+    audio = tmp_root / "storage" / "jobs" / str(DEFAULT_TENANT_ID) / old["id"] / "1.wav"
     assert audio.exists()
     assert retention() == 0  # retention is off by default
     monkeypatch.setitem(os.environ, "VOICEFARM_RETENTION_DAYS", "30")
