@@ -64,6 +64,7 @@ class TaskName(StrEnum):
     retention = "maintenance.retention"
     sweep_orphans = "maintenance.sweep_orphans"
     prepare_voice = "voices.prepare"
+    forget_voice = "voices.forget"
 
 
 class Queue(StrEnum):

@@ -32,6 +32,16 @@ def job_audio_key(tenant_id: str, job_id: str, attempt: int, ext: str) -> str:
     return f"jobs/{tenant_id}/{job_id}/{attempt}.{ext}"
 
 
+# Prepared voice prompts (workers/prompt_cache.py): `<engine>/<revision>/<audio sha>-<text hash>`
+# names one; it lives at prompt_object_key() in storage and PROMPT_REDIS_PREFIX + name in Redis.
+PROMPTS_PREFIX = "prompts/"
+PROMPT_REDIS_PREFIX = "voicefarm:prompt:"
+
+
+def prompt_object_key(name: str) -> str:
+    return f"{PROMPTS_PREFIX}{name}.bin"
+
+
 def voice_prefix(tenant_id: str, voice_id: str) -> str:
     """Everything stored for one voice lies under this prefix (deleted with the voice)."""
     return f"voices/{tenant_id}/{voice_id}/"

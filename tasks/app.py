@@ -43,6 +43,7 @@ def make_celery() -> Celery:
             TaskName.retention.value: {"queue": Queue.maintenance.value},
             TaskName.sweep_orphans.value: {"queue": Queue.maintenance.value},
             TaskName.prepare_voice.value: {"queue": Queue.voices.value},
+            TaskName.forget_voice.value: {"queue": Queue.maintenance.value},
         },
         # Flower and `celery events` see task lifecycle events.
         worker_send_task_events=True,

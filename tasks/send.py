@@ -38,3 +38,12 @@ def send_prepare_voice(voice_id: uuid.UUID | str) -> None:
 def send_webhooks(delivery_ids: list[str] | None) -> None:
     for delivery_id in delivery_ids or []:
         send_webhook(delivery_id)
+
+
+def send_forget_voice(audio_sha256: str) -> None:
+    """Erase what was derived from a deleted voice's recording (prepared prompts)."""
+    from tasks.app import celery_app
+
+    celery_app.send_task(
+        TaskName.forget_voice.value, args=[audio_sha256], queue=Queue.maintenance.value
+    )

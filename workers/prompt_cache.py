@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from core.settings import Settings
-from core.storage import Storage
+from core.storage import PROMPT_REDIS_PREFIX, Storage, prompt_object_key
 from workers import metrics
 from workers.engines.base import Engine, PreparedVoice, VoicePrompt
 
@@ -64,7 +64,7 @@ class PromptCache:
             if data is None:
                 data = engine.prepare_voice(self._prompt(voice))
                 result = "compute"
-                self.storage.put(f"prompts/{key}.bin", data, "application/octet-stream")
+                self.storage.put(prompt_object_key(key), data, "application/octet-stream")
             self._to_redis(key, data)
         metrics.PROMPT_CACHE.labels(engine.name, result).inc()
         log.info(
@@ -73,7 +73,7 @@ class PromptCache:
         return PreparedVoice(key, data, str(voice.id), voice.transcript, voice.language)
 
     def _redis_key(self, key: str) -> str:
-        return f"voicefarm:prompt:{key}"
+        return f"{PROMPT_REDIS_PREFIX}{key}"
 
     def _from_redis(self, key: str) -> bytes | None:
         try:
@@ -94,7 +94,7 @@ class PromptCache:
             log.warning("event=prompts.redis_unavailable error=%s", type(exc).__name__)
 
     def _from_storage(self, key: str) -> bytes | None:
-        path = f"prompts/{key}.bin"
+        path = prompt_object_key(key)
         if not self.storage.exists(path):
             return None
         return b"".join(self.storage.iter_bytes(path))

@@ -44,6 +44,7 @@ from db import voices as q
 from db.models import Voice
 from db.session import after_commit
 from db.views import iso
+from tasks.send import send_forget_voice
 
 log = logging.getLogger("voicefarm.api")
 router = APIRouter(
@@ -231,6 +232,9 @@ def delete_voice(
         else voice_prefix(str(voice.tenant_id), str(voice_id))
     )
     after_commit(session, functools.partial(_delete_objects, storage, prefix))
+    if voice.audio_sha256:
+        # Prompts prepared from the recording (storage and Redis) go too: the ops worker.
+        after_commit(session, functools.partial(send_forget_voice, voice.audio_sha256))
     return Response(status_code=204)
 
 

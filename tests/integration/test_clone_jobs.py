@@ -19,6 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from core.settings import get_settings
+from core.storage import get_storage
 from db.models import Job, Voice
 from db.session import get_sessionmaker
 from tests.fixtures.api import use_settings
@@ -95,7 +97,7 @@ def clone_worker(db: str, log_dir: Path, tmp_path: Path) -> Iterator[tuple[Proc,
         log_dir,
         "clonetone",
         name="clone",
-        extra_queues="voices",
+        extra_queues="voices,maintenance",
         env={"FIXTURE_PREPARE_LOG": str(prepares), "FIXTURE_SYNTH_LOG": str(synths)},
     )
     yield proc, prepares, synths
@@ -262,3 +264,33 @@ def test_predict_clones_from_an_inline_recording_or_a_voice_id(
         r = client.post("/api/predict", json={"data": data})
         assert r.status_code == 422, (data[0], r.text)
     assert len(client.get("/v1/voices").json()["items"]) == 2  # the good one and the short one
+
+
+def test_deleting_a_voice_erases_its_prepared_prompts(
+    client: TestClient, db: str, redis_client: Any, clone_worker: tuple[Proc, Path, Path]
+) -> None:
+    """A voice print must not outlive its voice: the prompts prepared from its recording go
+    from storage and from Redis once the voice is deleted."""
+    from core.storage import PROMPT_REDIS_PREFIX, PROMPTS_PREFIX
+
+    proc = clone_worker[0]
+    t = np.arange(4 * 22050) / 22050
+    unique = (0.3 * np.sin(2 * np.pi * (300 + 100 * np.random.rand()) * t)).astype(np.float32)
+    voice = add_voice(db, samples=unique)
+    assert _run(client, {"text": "Remember me.", "voice_id": str(voice)})["status"] == "succeeded"
+    storage = get_storage(get_settings())
+    with get_sessionmaker(db)() as s:
+        row = s.get(Voice, voice)
+        assert row is not None and row.audio_sha256
+        sha = row.audio_sha256
+
+    def stored() -> list[str]:
+        return [o.key for o in storage.list_keys(PROMPTS_PREFIX) if f"/{sha}-" in o.key]
+
+    def cached() -> list[bytes]:
+        return list(redis_client.scan_iter(match=f"{PROMPT_REDIS_PREFIX}*/{sha}-*"))
+
+    assert len(stored()) == 1 and len(cached()) == 1
+    assert client.delete(f"/v1/voices/{voice}").status_code == 204
+    wait_until(lambda: not stored() and not cached(), timeout=30, what="the prompts to go")
+    assert "voices.forget" in proc.log.read_text()
