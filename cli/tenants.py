@@ -28,6 +28,11 @@ def add_parsers(sub: Any) -> None:
         for flag, dest, kind, about in LIMIT_FLAGS:
             p.add_argument(flag, dest=dest, type=kind, help=about)
     tcmd.add_parser("list", help="every tenant with its pool and limits")
+    secret = tcmd.add_parser(
+        "webhook-secret", help="print the secret this tenant's webhooks are signed with"
+    )
+    secret.add_argument("name")
+    secret.add_argument("--rotate", action="store_true", help="make a new one first")
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     kcmd = keys.add_subparsers(dest="keys_command", required=True)
@@ -66,6 +71,13 @@ def run_tenants(args: argparse.Namespace) -> int:
             if args.tenants_command == "create":
                 t = tq.create_tenant(session, args.name, **_limits(args))
                 print(f"tenant {t.name} created (id {t.id}, pool {t.pool})")
+            elif args.tenants_command == "webhook-secret":
+                if args.rotate:
+                    t = tq.rotate_webhook_secret(session, args.name)
+                else:
+                    t = tq.get_tenant_by_name(session, args.name)
+                # The default tenant signs with the farm's VOICEFARM_WEBHOOK_SECRET.
+                print(t.webhook_secret or get_settings().webhook_secret.get_secret_value())
             elif args.tenants_command == "set":
                 t = tq.set_tenant(session, args.name, **_limits(args))
                 print(f"tenant {t.name} updated (pool {t.pool})")

@@ -64,6 +64,10 @@ class Tenant(Base):
     max_voices: Mapped[int | None] = mapped_column(Integer)
     # Share of the workers when tenants compete (fair share), relative to other tenants.
     weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # This tenant's Standard Webhooks signing secret (`whsec_...`), so one tenant cannot sign
+    # events another tenant's receiver trusts. None: the farm's VOICEFARM_WEBHOOK_SECRET (the
+    # default tenant). It must be readable to sign with, so it is stored as is.
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 

@@ -3,6 +3,8 @@ only flushes; the caller's scope commits."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,7 +40,7 @@ def create_tenant(session: Session, name: str, **limits: Any) -> Tenant:
         raise TenantError("a tenant name has 1-64 characters")
     if session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
         raise TenantError(f"tenant {name!r} already exists")
-    tenant = Tenant(id=uuid.uuid4(), name=name)
+    tenant = Tenant(id=uuid.uuid4(), name=name, webhook_secret=new_webhook_secret())
     _apply(tenant, limits)
     session.add(tenant)
     session.flush()
@@ -71,6 +73,18 @@ def _apply(tenant: Tenant, limits: dict[str, Any]) -> None:
         tenant.weight = 1
     if tenant.pool is None:
         tenant.pool = "default"
+
+
+def new_webhook_secret() -> str:
+    """`whsec_` + base64 of 32 random bytes, the Standard Webhooks format."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def rotate_webhook_secret(session: Session, name: str) -> Tenant:
+    tenant = get_tenant_by_name(session, name)
+    tenant.webhook_secret = new_webhook_secret()
+    session.flush()
+    return tenant
 
 
 def list_tenants(session: Session) -> list[Tenant]:

@@ -66,6 +66,18 @@ def _sending_lock_expired(now: Any) -> ColumnElement[bool]:
     )
 
 
+def signing_secret(session: Session, delivery: WebhookDelivery) -> str | None:
+    """The secret of the tenant that owns the delivery's job; None: the farm's secret."""
+    from db.models import Job, Tenant
+
+    secret: str | None = session.scalar(
+        select(Tenant.webhook_secret)
+        .join(Job, Job.tenant_id == Tenant.id)
+        .where(Job.id == delivery.job_id)
+    )
+    return secret
+
+
 def claim_delivery(
     session: Session, delivery_id: str, lock_seconds: float
 ) -> WebhookDelivery | None:

@@ -52,6 +52,7 @@ def deliver(delivery_id: str) -> None:
         if d is None:
             return
         url, payload, attempt = d.url, d.payload, d.attempts
+        secret = wq.signing_secret(s, d) or settings.webhook_secret.get_secret_value()
 
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     ts = int(time.time())
@@ -60,9 +61,7 @@ def deliver(delivery_id: str) -> None:
         "user-agent": USER_AGENT,
         "webhook-id": delivery_id,
         "webhook-timestamp": str(ts),
-        "webhook-signature": sign(
-            settings.webhook_secret.get_secret_value(), delivery_id, ts, body
-        ),
+        "webhook-signature": sign(secret, delivery_id, ts, body),
     }
     status_code: int | None = None
     error: str | None = None

@@ -50,6 +50,12 @@ def test_keys_created_listed_and_revoked_with_the_cli(client: TestClient, db: st
     assert _cli("tenants", "set", "acme", "--jobs-per-minute", "30").returncode == 0
     tenants = _cli("tenants", "list").stdout
     assert "acme" in tenants and "default" in tenants
+    secret = _cli("tenants", "webhook-secret", "acme").stdout.strip()
+    assert (
+        secret.startswith("whsec_") and secret in _cli("tenants", "webhook-secret", "acme").stdout
+    )
+    rotated = _cli("tenants", "webhook-secret", "acme", "--rotate").stdout.strip()
+    assert rotated.startswith("whsec_") and rotated != secret
 
     created = _cli("keys", "create", "--tenant", "acme", "--name", "ci")
     assert created.returncode == 0, created.stderr

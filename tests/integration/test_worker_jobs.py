@@ -396,3 +396,33 @@ def test_predict_errors_and_timeout(client: TestClient, worker: Proc) -> None:
     r = call(["预训练音色", None, text, None])
     assert r.status_code == 202 and r.json()["is_generating"] is True
     assert r.json()["links"]["self"].endswith(r.json()["job_id"])
+
+
+def test_each_tenant_signs_its_webhooks_with_its_own_secret(
+    client: TestClient, db: str, worker: Proc, receiver: Receiver
+) -> None:
+    """One tenant cannot sign events another tenant's receiver trusts: a tenant's webhooks carry
+    its own secret (`voicefarm tenants webhook-secret NAME`), not the farm's."""
+    from core.settings import get_settings
+    from core.webhooks import verify
+    from db import tenants as tq
+    from db.session import session_scope
+    from tests.fixtures.tenants import tenant_with_key
+
+    key = tenant_with_key(db, "signer")
+    use_settings(client, auth_enabled=True)
+    r = client.post(
+        "/v1/jobs",
+        json={"text": "sign me", "engine": "tone", "webhook_url": receiver.url},
+        headers=key.headers,
+    )
+    assert r.status_code == 202, r.text
+    (hook,) = receiver.wait_for(lambda x: x.json["type"] == "job.succeeded", timeout=60)
+    with session_scope(db) as s:
+        secret = tq.get_tenant_by_name(s, "signer").webhook_secret
+    assert secret and secret.startswith("whsec_")
+    farm = get_settings().webhook_secret.get_secret_value()
+    h = hook.headers
+    args = (h["webhook-id"], int(h["webhook-timestamp"]), hook.body, h["webhook-signature"])
+    assert verify(secret, *args)
+    assert not verify(farm, *args)
