@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from db.models import DEFAULT_TENANT_ID
 from tests.fixtures.audio_checks import read_wav
 from tests.fixtures.processes import Proc
 from tests.integration.test_worker_jobs import wait_job
@@ -39,10 +40,12 @@ def test_resampled_multi_segment_job_is_streamed_to_storage(
     done = wait_job(client, job["id"])
     assert done["status"] == "succeeded", worker.tail()
     result = done["result"]
-    data = (tmp_root / "storage" / "jobs" / job["id"] / "1.wav").read_bytes()
+    # Under the tenant: jobs/<tenant id>/<job id>/<attempt>.wav (auth off: the default tenant).
+    folder = tmp_root / "storage" / "jobs" / str(DEFAULT_TENANT_ID) / job["id"]
+    data = (folder / "1.wav").read_bytes()
     assert len(data) == result["bytes"] and hashlib.sha256(data).hexdigest() == result["sha256"]
     samples, rate = read_wav(data)
     assert rate == result["sample_rate"] == 8000
     assert abs(len(samples) / rate - result["duration_s"]) <= 0.001
     # No temporary file or half-written object is left beside it.
-    assert [p.name for p in (tmp_root / "storage" / "jobs" / job["id"]).iterdir()] == ["1.wav"]
+    assert [p.name for p in folder.iterdir()] == ["1.wav"]
