@@ -146,6 +146,14 @@ class Job(Base):
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     result_key: Mapped[str | None] = mapped_column(Text)
+    # Output options (issue "text in, audio out"): PCM bit depth for wav/flac/pcm, a loudness
+    # target in LUFS, a subtitle format (srt | vtt).
+    bit_depth: Mapped[int | None] = mapped_column(Integer)
+    loudness_target: Mapped[float | None] = mapped_column(Float)
+    subtitles: Mapped[str | None] = mapped_column(String(8))
+    # Storage keys of the segment timings (`segments.json`) and the subtitle file, once done.
+    timings_key: Mapped[str | None] = mapped_column(Text)
+    subtitles_key: Mapped[str | None] = mapped_column(Text)
     result_format: Mapped[str | None] = mapped_column(String(8))
     result_sample_rate: Mapped[int | None] = mapped_column(Integer)
     result_duration_s: Mapped[float | None] = mapped_column(Float)
