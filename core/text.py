@@ -1,8 +1,10 @@
-"""Text markup (pinyin `[h][ào]`, ARPAbet `[M][AY0]`) and sentence segmentation.
+"""Text markup (pinyin `[h][ào]`, ARPAbet `[M][AY0]`, CosyVoice tags) and segmentation.
 
 Markup is a run of bracketed tokens. A run whose tokens are all ARPAbet phones is English phoneme
-markup; one whose tokens are pinyin initials/finals is Chinese pinyin markup. Anything else in
-brackets is an error the client can fix, reported with its position.
+markup; one whose tokens are pinyin initials/finals (tone marks or a digit) is Chinese pinyin
+markup. CosyVoice's tags are their own kind: bracket tags (`[breath]`, `[laughter]`, ...) and
+paired tags (`<strong>...</strong>`, `<laughter>...</laughter>`), balanced and never crossing.
+Anything else in brackets is an error the client can fix, reported with its span.
 """
 
 from __future__ import annotations
@@ -18,6 +20,28 @@ from core.errors import MarkupInvalid, TextEmpty
 class MarkupKind(StrEnum):
     pinyin = "pinyin"
     arpabet = "arpabet"
+    tag = "tag"
+
+
+# CosyVoice 2/3's special tokens (cosyvoice/tokenizer/tokenizer.py, CosyVoice2Tokenizer):
+# the ones a client may write; `<|...|>` control tokens stay the engine's business.
+BRACKET_TAGS = frozenset(
+    [
+        "breath",
+        "noise",
+        "laughter",
+        "cough",
+        "clucking",
+        "accent",
+        "quick_breath",
+        "hissing",
+        "sigh",
+        "vocalized-noise",
+        "lipsmack",
+        "mn",
+    ]
+)
+PAIRED_TAGS = frozenset(["strong", "laughter"])
 
 
 ARPABET_PHONES = frozenset(
@@ -65,12 +89,85 @@ ARPABET_PHONES = frozenset(
 )
 ARPABET_VOWELS = frozenset(p for p in ARPABET_PHONES if p[0] in "AEIOU")
 _ARPABET_RE = re.compile(r"^([A-Z]{1,2})([012])?$")
-# Pinyin initials and finals, with tone marks or a tone digit (1-5).
-_PINYIN_RE = re.compile(r"^[a-zü\u0101-\u01dc\u00e0-\u00fa\u0300-\u036f]+[1-5]?$")
+_INITIALS = tuple(
+    [
+        "b",
+        "p",
+        "m",
+        "f",
+        "d",
+        "t",
+        "n",
+        "l",
+        "g",
+        "k",
+        "h",
+        "j",
+        "q",
+        "x",
+        "zh",
+        "ch",
+        "sh",
+        "r",
+        "z",
+        "c",
+        "s",
+        "y",
+        "w",
+    ]
+)
+_FINALS = frozenset(
+    [
+        "a",
+        "o",
+        "e",
+        "i",
+        "u",
+        "v",
+        "ai",
+        "ei",
+        "ao",
+        "ou",
+        "an",
+        "en",
+        "ang",
+        "eng",
+        "ong",
+        "er",
+        "ia",
+        "ie",
+        "iao",
+        "iu",
+        "iou",
+        "ian",
+        "in",
+        "iang",
+        "ing",
+        "iong",
+        "ua",
+        "uo",
+        "uai",
+        "ui",
+        "uei",
+        "uan",
+        "un",
+        "uen",
+        "uang",
+        "ueng",
+        "ue",
+        "ve",
+        "van",
+        "vn",
+    ]
+)
 _RUN_RE = re.compile(r"(?:\[[^\[\]]*\])+")
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？；;…])\s+|(?<=[。！？；])|\n+")
+_ANGLE_RE = re.compile(r"<(/?)([A-Za-z][A-Za-z_-]*)>")
+_CLOSERS = "”’」』）)\"'"
+_SENTENCE_END = re.compile(
+    rf"(?<=[.!?。！？；;…][{_CLOSERS}])\s*|(?<=[.!?;…])\s+|(?<=[。！？；])(?![{_CLOSERS}])|\n+"
+)
 _SENTENCE_CHARS = ".!?。！？；;…"
-_COMMA_CHARS = ",，、:："
+_COMMA_CHARS = ",，、:：—"
 
 
 @dataclass(frozen=True)
@@ -81,17 +178,25 @@ class MarkupRun:
     end: int
 
 
-def _classify(tokens: list[str], start: int) -> MarkupKind:
+def _invalid(text: str, start: int, end: int, problem: str) -> MarkupInvalid:
+    """A 422 that names the span: character offsets and the offending text."""
+    return MarkupInvalid(f"characters {start}-{end} {text[start:end]!r}: {problem}", field="text")
+
+
+def _classify(text: str, tokens: list[str], start: int, end: int) -> MarkupKind:
     if all(_is_arpabet(t) for t in tokens):
         return MarkupKind.arpabet
-    if all(_PINYIN_RE.match(t) for t in tokens):
+    if all(_is_pinyin(t) for t in tokens):
         return MarkupKind.pinyin
-    bad = next((t for t in tokens if not (_is_arpabet(t) or _PINYIN_RE.match(t))), "+".join(tokens))
-    raise MarkupInvalid(
-        f"'[{bad}]' at character {start} is neither an ARPAbet phone (e.g. [AY1]) nor pinyin "
-        "(e.g. [h][ào]); don't mix the two in one run",
-        field="text",
-    )
+    bad = next((t for t in tokens if not (_is_arpabet(t) or _is_pinyin(t))), None)
+    if bad is None:
+        problem = "mixes ARPAbet phones and pinyin in one run"
+    else:
+        problem = (
+            f"[{bad}] is neither an ARPAbet phone (e.g. [AY1]), pinyin (e.g. [h][ào]) nor a "
+            f"tag ({', '.join(f'[{t}]' for t in sorted(BRACKET_TAGS))})"
+        )
+    raise _invalid(text, start, end, problem)
 
 
 def _is_arpabet(token: str) -> bool:
@@ -102,29 +207,94 @@ def _is_arpabet(token: str) -> bool:
     return m.group(2) is None or m.group(1) in ARPABET_VOWELS
 
 
-def parse_markup(text: str) -> list[MarkupRun]:
-    """Every markup run in `text`; raises MarkupInvalid on unbalanced or unknown brackets."""
-    depth = 0
+def _is_pinyin(token: str) -> bool:
+    """An initial, a final or a syllable, with at most one tone mark or a tone digit."""
+    decomposed = unicodedata.normalize("NFD", token).replace("u\u0308", "v")
+    marks = sum(1 for c in decomposed if unicodedata.combining(c))
+    base = "".join(c for c in decomposed if not unicodedata.combining(c))
+    m = re.fullmatch(r"([a-z]+)([1-5]?)", base)
+    if not m or marks > 1 or (marks and m.group(2)):
+        return False
+    body = m.group(1)
+    if body in _INITIALS or body in _FINALS:
+        return True
+    return any(body.startswith(i) and body[len(i) :] in _FINALS for i in _INITIALS)
+
+
+def _check_brackets(text: str) -> None:
+    opened = -1
     for i, ch in enumerate(text):
         if ch == "[":
-            depth += 1
-            if depth > 1:
-                raise MarkupInvalid(f"nested '[' at character {i}", field="text")
+            if opened >= 0:
+                raise _invalid(text, opened, i + 1, "nested '['")
+            opened = i
         elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise MarkupInvalid(f"']' without '[' at character {i}", field="text")
-    if depth:
-        raise MarkupInvalid("a '[' is never closed", field="text")
-    runs = []
-    for m in _RUN_RE.finditer(text):
-        tokens = re.findall(r"\[([^\[\]]*)\]", m.group(0))
-        empty = [t for t in tokens if not t.strip()]
-        if empty:
-            raise MarkupInvalid(f"empty brackets at character {m.start()}", field="text")
-        tokens = [t.strip() for t in tokens]
-        runs.append(MarkupRun(_classify(tokens, m.start()), tuple(tokens), m.start(), m.end()))
-    return runs
+            if opened < 0:
+                raise _invalid(text, i, i + 1, "']' without '['")
+            opened = -1
+    if opened >= 0:
+        raise _invalid(text, opened, len(text), "a '[' is never closed")
+
+
+def _bracket_runs(text: str, run: re.Match[str]) -> list[MarkupRun]:
+    """One bracket run, cut where a tag stands: `[h][ǎo][breath]` is pinyin, then a tag."""
+    out: list[MarkupRun] = []
+    group: list[tuple[str, int, int]] = []
+
+    def flush() -> None:
+        if group:
+            tokens = [t for t, _, _ in group]
+            a, b = group[0][1], group[-1][2]
+            out.append(MarkupRun(_classify(text, tokens, a, b), tuple(tokens), a, b))
+            group.clear()
+
+    for m in re.finditer(r"\[([^\[\]]*)\]", run.group(0)):
+        a, b = run.start() + m.start(), run.start() + m.end()
+        token = m.group(1).strip()
+        if not token:
+            raise _invalid(text, a, b, "empty brackets")
+        if token in BRACKET_TAGS:
+            flush()
+            out.append(MarkupRun(MarkupKind.tag, (f"[{token}]",), a, b))
+        else:
+            group.append((token, a, b))
+    flush()
+    return out
+
+
+def _angle_runs(text: str, balanced: bool = True) -> list[MarkupRun]:
+    """Paired tags: known names only, each closed, never crossing or nested in itself
+    (`balanced=False`: a piece of a valid text, whose tags may open or close elsewhere)."""
+    out: list[MarkupRun] = []
+    stack: list[tuple[str, int, int]] = []
+    for m in _ANGLE_RE.finditer(text):
+        closing, name = m.group(1) == "/", m.group(2)
+        if name not in PAIRED_TAGS:
+            known = ", ".join(f"<{t}>" for t in sorted(PAIRED_TAGS))
+            raise _invalid(text, m.start(), m.end(), f"unknown tag; paired tags are {known}")
+        if not balanced:
+            pass
+        elif not closing:
+            if any(n == name for n, _, _ in stack):
+                raise _invalid(text, m.start(), m.end(), f"<{name}> inside another <{name}>")
+            stack.append((name, m.start(), m.end()))
+        elif not stack or stack[-1][0] != name:
+            problem = f"</{name}> closes nothing" if not stack else f"</{stack[-1][0]}> expected"
+            raise _invalid(text, m.start(), m.end(), problem)
+        else:
+            stack.pop()
+        out.append(MarkupRun(MarkupKind.tag, (m.group(0),), m.start(), m.end()))
+    if stack and balanced:
+        name, a, b = stack[-1]
+        raise _invalid(text, a, b, f"<{name}> is never closed with </{name}>")
+    return out
+
+
+def parse_markup(text: str, balanced: bool = True) -> list[MarkupRun]:
+    """Every markup run in `text`, in order; raises MarkupInvalid naming the bad span."""
+    _check_brackets(text)
+    runs = [r for m in _RUN_RE.finditer(text) for r in _bracket_runs(text, m)]
+    return sorted(runs + _angle_runs(text, balanced), key=lambda r: r.start)
 
 
 def markup_kinds(text: str) -> set[MarkupKind]:
@@ -167,20 +337,70 @@ def is_speakable(text: str) -> bool:
 def split_segments(text: str, max_chars: int) -> list[str]:
     """Split into sentences, then pack short ones together up to `max_chars`.
 
-    A sentence longer than `max_chars` is cut at the last comma or space before the limit, never
-    inside a markup run, so each segment is a unit an engine can synthesize on its own.
+    Sentences end at . ! ? ; … and their full-width forms (a closing quote stays with its
+    sentence). A sentence longer than `max_chars` is cut at the last comma (，、 too) or space
+    before the limit, never inside a markup run or tag, so each segment is a unit an engine can
+    synthesize on its own; a paired tag cut in two is closed and reopened on either side.
     """
     sentences = [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
-    pieces: list[str] = []
-    for sentence in sentences:
-        pieces.extend(_cut(sentence, max_chars))
+    pieces = _attach_marks([p for sentence in sentences for p in _cut(sentence, max_chars)])
     segments: list[str] = []
     for piece in pieces:
-        if segments and len(segments[-1]) + 1 + len(piece) <= max_chars:
-            segments[-1] = f"{segments[-1]} {piece}"
+        joined = _join(segments[-1], piece) if segments else ""
+        if segments and len(joined) <= max_chars:
+            segments[-1] = joined
         else:
             segments.append(piece)
-    return segments
+    return _rebalance(segments)
+
+
+def _attach_marks(pieces: list[str]) -> list[str]:
+    """A piece with nothing to speak (a lone tag, a stray mark) joins a neighbour: opening tags
+    the piece after them, anything else the piece before."""
+    out: list[str] = []
+    pending = ""
+    for piece in pieces:
+        if is_speakable(_ANGLE_RE.sub("", piece)):
+            out.append(pending + piece)
+            pending = ""
+        elif out and (pending or "</" in piece or not piece.startswith("<")):
+            out[-1] += pending + piece
+            pending = ""
+        else:
+            pending += piece
+    if pending:
+        out = [*out[:-1], out[-1] + pending] if out else [pending]
+    return out
+
+
+def _join(a: str, b: str) -> str:
+    """Chinese sentences meet without a space; others with one."""
+    return a + b if _is_cjk(a[-1]) or _is_cjk(b[0]) else f"{a} {b}"
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u3000" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\uff00" <= ch <= "\uffef"
+
+
+def _rebalance(pieces: list[str]) -> list[str]:
+    """Close the paired tags a piece leaves open and reopen them at the next piece's start."""
+    out: list[str] = []
+    carried: list[str] = []
+    for piece in pieces:
+        opened = list(carried)
+        for m in _ANGLE_RE.finditer(piece):
+            if m.group(2) not in PAIRED_TAGS:
+                continue
+            if m.group(1):
+                if opened and opened[-1] == m.group(2):
+                    opened.pop()
+            else:
+                opened.append(m.group(2))
+        head = "".join(f"<{n}>" for n in carried)
+        tail = "".join(f"</{n}>" for n in reversed(opened))
+        out.append(head + piece + tail)
+        carried = opened
+    return out
 
 
 def halve(text: str) -> list[str]:
@@ -207,15 +427,15 @@ def halve(text: str) -> list[str]:
             break
     else:
         cut = min(allowed, key=lambda i: abs(i - mid))
-    return [text[:cut].strip(), text[cut:].strip()]
+    return _rebalance([text[:cut].strip(), text[cut:].strip()])
 
 
 def _protected(text: str) -> list[tuple[int, int]]:
-    """Spans no cut may fall strictly inside. A pinyin run annotates the character before it,
-    so its span starts one character early."""
+    """Spans no cut may fall strictly inside: markup runs and tags. A pinyin run annotates the
+    character before it, so its span starts one character early."""
     return [
         (r.start - 1 if r.kind == MarkupKind.pinyin and r.start > 0 else r.start, r.end)
-        for r in parse_markup(text)
+        for r in parse_markup(text, balanced=False)
     ]
 
 
@@ -246,4 +466,5 @@ def _cut_point(sentence: str, limit: int, protected: list[tuple[int, int]]) -> i
     for i in range(limit, 0, -1):
         if not inside(i):
             return i
-    return limit
+    # The limit falls inside a run or tag that starts the sentence: cut right after it.
+    return next((i for i in range(limit + 1, len(sentence)) if not inside(i)), len(sentence))
