@@ -151,4 +151,5 @@ def admit(
         max_attempts=settings.max_attempts,
         attempts=0,
         segments_done=0,
+        subtitles=body.subtitles,
     )

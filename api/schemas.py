@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -74,6 +74,11 @@ class JobCreate(BaseModel):
     metadata: dict[str, Any] | None = Field(
         None, description=f"Opaque, echoed back; at most {MAX_METADATA_DEPTH} levels deep."
     )
+    subtitles: Literal["srt", "vtt"] | None = Field(
+        None,
+        description="Also store a subtitle file (SubRip or WebVTT) built from the segment "
+        "timings: `GET /v1/jobs/{id}/subtitles`. Every job's timings are at `.../timings`.",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -108,6 +113,8 @@ class JobLinks(BaseModel):
     self: str
     cancel: str
     audio: str
+    timings: str | None = Field(None, description="Segment timings, once the job succeeded.")
+    subtitles: str | None = Field(None, description="The subtitle file, when requested.")
 
 
 class JobOut(BaseModel):

@@ -170,6 +170,18 @@ class AudioNotReady(VoicefarmError):
     code = "audio_not_ready"
 
 
+class SubtitlesNotRequested(VoicefarmError):
+    status_code = 404
+    code = "subtitles_not_requested"
+
+
+class TimingsNotAvailable(VoicefarmError):
+    """A job that succeeded before timings were stored has none."""
+
+    status_code = 404
+    code = "timings_not_available"
+
+
 class AudioGone(VoicefarmError):
     """The job succeeded but its stored object is gone (deleted or lost): submit it again."""
 

@@ -32,6 +32,20 @@ def job_audio_key(tenant_id: str, job_id: str, attempt: int, ext: str) -> str:
     return f"jobs/{tenant_id}/{job_id}/{attempt}.{ext}"
 
 
+# A running job's finished segments (workers/segments.py), kept so that an attempt after a
+# worker's death resumes instead of starting over; removed when the job ends.
+SEGMENTS_DIR = "segments"
+
+
+def job_segments_prefix(tenant_id: str, job_id: str) -> str:
+    return f"jobs/{tenant_id}/{job_id}/{SEGMENTS_DIR}/"
+
+
+def job_timings_key(tenant_id: str, job_id: str, attempt: int) -> str:
+    """`segments.json` of an attempt: each segment's text, start and end in the audio."""
+    return f"jobs/{tenant_id}/{job_id}/{attempt}.segments.json"
+
+
 # Prepared voice prompts (workers/prompt_cache.py): `<engine>/<revision>/<audio sha>-<text hash>`
 # names one; it lives at prompt_object_key() in storage and PROMPT_REDIS_PREFIX + name in Redis.
 PROMPTS_PREFIX = "prompts/"

@@ -38,6 +38,9 @@ class AudioResult:
     bytes: int
     sha256: str
     quality: dict[str, float] | None = None
+    # segments.json and the subtitle file stored beside the audio (tasks/synthesize.py).
+    timings_key: str | None = None
+    subtitles_key: str | None = None
 
 
 def get_job(
@@ -85,7 +88,10 @@ def _fenced(claim: Claim) -> ColumnElement[bool]:
 def claim_job(
     session: Session, job_id: uuid.UUID, worker_id: str, lease_seconds: float
 ) -> Claim | None:
-    """queued -> running, atomically. None when the job is not queued (duplicate delivery)."""
+    """queued -> running, atomically. None when the job is not queued (duplicate delivery).
+
+    `segments_done` is kept: an attempt after a worker's death resumes from the segments the
+    earlier one stored, and clients must never see progress go backwards."""
     attempt = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued.value)
@@ -95,7 +101,6 @@ def claim_job(
             worker_id=worker_id,
             lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
             started_at=func.coalesce(Job.started_at, func.now()),
-            segments_done=0,
         )
         .returning(Job.attempts)
     ).scalar_one_or_none()
@@ -110,10 +115,12 @@ def heartbeat(
     segments_done: int | None = None,
     segments_total: int | None = None,
 ) -> bool:
-    """Extend the lease and record progress. False: the job was canceled or taken from us."""
+    """Extend the lease and record progress. False: the job was canceled or taken from us.
+
+    Progress only ever rises: a resumed attempt reports its kept segments, never fewer."""
     values: dict[str, Any] = {"lease_expires_at": func.now() + timedelta(seconds=lease_seconds)}
     if segments_done is not None:
-        values["segments_done"] = segments_done
+        values["segments_done"] = func.greatest(Job.segments_done, segments_done)
     if segments_total is not None:
         values["segments_total"] = segments_total
     res = session.execute(update(Job).where(_fenced(claim)).values(**values).returning(Job.id))
@@ -155,6 +162,8 @@ def finish_success(
         result_bytes=result.bytes,
         result_sha256=result.sha256,
         quality=result.quality,
+        timings_key=result.timings_key,
+        subtitles_key=result.subtitles_key,
     )
 
 
@@ -316,6 +325,12 @@ class StoredResult:
     status: str
     attempts: int
     result_key: str | None
+    timings_key: str | None = None
+    subtitles_key: str | None = None
+
+    def names(self, key: str) -> bool:
+        """Whether the row points at the object `key` (its audio, timings or subtitles)."""
+        return key in (self.result_key, self.timings_key, self.subtitles_key)
 
 
 def stored_results(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, StoredResult]:
@@ -323,9 +338,14 @@ def stored_results(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID
     if not job_ids:
         return {}
     rows = session.execute(
-        select(Job.id, Job.status, Job.attempts, Job.result_key).where(Job.id.in_(job_ids))
+        select(
+            Job.id, Job.status, Job.attempts, Job.result_key, Job.timings_key, Job.subtitles_key
+        ).where(Job.id.in_(job_ids))
     ).all()
-    return {r.id: StoredResult(r.status, r.attempts, r.result_key) for r in rows}
+    return {
+        r.id: StoredResult(r.status, r.attempts, r.result_key, r.timings_key, r.subtitles_key)
+        for r in rows
+    }
 
 
 def undispatch(session: Session, job_ids: list[uuid.UUID]) -> None:

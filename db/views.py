@@ -55,5 +55,7 @@ def job_view(job: Job, base_url: str) -> dict[str, Any]:
             "self": self_url,
             "cancel": f"{self_url}/cancel",
             "audio": f"{self_url}/audio",
+            "timings": f"{self_url}/timings" if result and job.timings_key else None,
+            "subtitles": f"{self_url}/subtitles" if result and job.subtitles_key else None,
         },
     }

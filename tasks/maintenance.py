@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from core.enums import JobStatus, TaskName
 from core.settings import get_settings
-from core.storage import Storage, StoredObject, get_storage
+from core.storage import SEGMENTS_DIR, Storage, StoredObject, get_storage
 from db import jobs as q
 from db import voices as vq
 from db import webhooks as wq
@@ -132,7 +132,12 @@ def retention() -> int:
     while True:
         with session_scope(settings.database_url) as s:
             batch = q.expired_jobs(s, settings.retention_days)
-            keys = [job.result_key for job in batch if job.result_key]
+            keys = [
+                key
+                for job in batch
+                for key in (job.result_key, job.timings_key, job.subtitles_key)
+                if key
+            ]
             for job in batch:
                 s.delete(job)
             # Objects go only once the rows are gone: an orphaned object is harmless, a row
@@ -217,6 +222,14 @@ def _job_key(key: str) -> tuple[uuid.UUID, str] | None:
     return None if job_id is None else (job_id, parts[-1])
 
 
+def _kept_segment_job(key: str) -> uuid.UUID | None:
+    """The job of `jobs/<tenant_id>/<job_id>/segments/<name>`, or None for another shape."""
+    parts = key.split("/")
+    if len(parts) == 5 and parts[3] == SEGMENTS_DIR and _uuid(parts[1]) is not None:
+        return _uuid(parts[2])
+    return None
+
+
 def _job_id(key: str) -> uuid.UUID | None:
     found = _job_key(key)
     return found[0] if found else None
@@ -247,14 +260,22 @@ def _orphans(database_url: str, objects: Iterable[StoredObject]) -> list[str]:
         voice_keys = {o.key for o in voice_objects}
         rest = [o for o in objects if o.key not in voice_keys]
         return _voice_orphans(database_url, voice_objects) + _orphans(database_url, rest)
-    ids = {i for o in objects if (i := _job_id(o.key)) is not None}
+    ids = {i for o in objects if (i := _job_id(o.key) or _kept_segment_job(o.key)) is not None}
     with get_sessionmaker(database_url)() as s:
         rows = q.stored_results(s, list(ids))
     orphans = []
     for obj in objects:
+        kept = _kept_segment_job(obj.key)
+        if kept is not None:
+            # A job's kept segments (workers/segments.py) live while it may still run: queued
+            # (re-queued after a worker's death) or running. Once it ended they are orphans.
+            seg_row = rows.get(kept)
+            if seg_row is None or JobStatus(seg_row.status).is_terminal():
+                orphans.append(obj.key)
+            continue
         found = _job_key(obj.key)
         row = rows.get(found[0]) if found else None
-        if row is not None and row.result_key == obj.key:
+        if row is not None and row.names(obj.key):
             continue
         # The running attempt's own upload, its finish not yet recorded: never an orphan.
         running = row is not None and row.status == JobStatus.running.value

@@ -20,10 +20,10 @@ from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from core.enums import ErrorCode, TaskName
+from core.enums import ErrorCode, JobStatus, TaskName
 from core.errors import RequestRejected, StorageError
 from core.settings import Settings
-from core.storage import get_storage, job_audio_key
+from core.storage import get_storage, job_audio_key, job_timings_key
 from core.text import halve, split_segments
 from db import jobs as q
 from db.models import DEFAULT_TENANT_ID
@@ -37,10 +37,12 @@ if TYPE_CHECKING:
 
     from sqlalchemy.orm import Session
 
+    from core.storage import Storage
     from workers.audio import WavFileWriter
     from workers.engines.base import Audio, Engine, PreparedVoice
     from workers.prompt_cache import VoiceRef
     from workers.runtime import Runtime
+    from workers.segments import SegmentStore, Timing
 
 log = logging.getLogger("voicefarm.jobs")
 
@@ -66,6 +68,8 @@ class JobInput:
     voice_id: uuid.UUID | None = None
     # The owner; its audio is stored under its tenant's prefix.
     tenant_id: uuid.UUID = DEFAULT_TENANT_ID
+    # A subtitle file to store beside the audio (srt | vtt), from the segment timings.
+    subtitles: str | None = None
 
 
 class Stopped(Exception):
@@ -202,6 +206,7 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
             job.language,
             job.voice_id,
             job.tenant_id,
+            subtitles=job.subtitles,
         )
         # A release keeps its error code on the row until the next finish: this says whether an
         # earlier attempt of this job already took a worker down with CUDA OOM.
@@ -235,6 +240,7 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
                 _release(settings, claim, inp, ErrorCode.out_of_memory.value, str(exc))
                 _metrics_finished(inp.engine, "oom")
         finally:
+            _drop_segments_if_ended(settings, claim, inp)
             log.error("event=worker.device_unhealthy job=%s exiting for a restart", job_id)
             # Exit so the supervisor restarts the process with a clean CUDA context, even when
             # the database write failed: the lease then expires and the reconciler takes over.
@@ -246,6 +252,8 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
     except Exception as exc:
         log.exception("event=jobs.engine_error job=%s attempt=%d", job_id, claim.attempt)
         _release(settings, claim, inp, ErrorCode.engine_error.value, f"{type(exc).__name__}: {exc}")
+    # Succeeded, failed, canceled or spent: the kept segments go; re-queued: they stay.
+    _drop_segments_if_ended(settings, claim, inp)
 
 
 def _run_claimed(
@@ -267,6 +275,8 @@ def _synthesize_and_store(
     keeper: LeaseKeeper,
     writer: WavFileWriter,
 ) -> None:
+    from workers.segments import add_timed
+
     settings = rt.settings
     engine = rt.engine(inp.engine)
     prompt, cloned = None, None
@@ -276,8 +286,20 @@ def _synthesize_and_store(
         # Prepared once per (engine, weights, recording, transcript): usually a cache hit.
         prompt = rt.prompts().prepared(engine, cloned)
     segments = split_segments(inp.text, settings.segment_max_chars)
-    _beat(rt, claim, keeper, done=0, total=len(segments), started=t0, segments=segments)
+    store = _segment_store(settings, claim, inp)
+    kept = store.kept(segments)
+    if kept:
+        log.info(
+            "event=jobs.resumed job=%s attempt=%d kept=%d of=%d",
+            claim.job_id,
+            claim.attempt,
+            len(kept),
+            len(segments),
+        )
+    first_missing = next((i for i in range(len(segments)) if i not in kept), len(segments))
+    _beat(rt, claim, keeper, done=first_missing, total=len(segments), started=t0, segments=segments)
     synth_seconds = 0.0
+    timings: list[Timing] = []
     for i, segment in enumerate(segments):
         if time.perf_counter() - t0 > settings.job_deadline_seconds:
             _fail(
@@ -288,10 +310,15 @@ def _synthesize_and_store(
                 f"job ran past VOICEFARM_JOB_DEADLINE_SECONDS={settings.job_deadline_seconds:g}",
             )
             return
-        s0 = time.perf_counter()
-        writer.add_all(_synthesize_segment(engine, segment, inp, prompt))
-        synth_seconds += time.perf_counter() - s0
-        _beat(rt, claim, keeper, done=i + 1, total=len(segments), started=t0, segments=segments)
+        # A segment an earlier attempt kept is read back, not synthesized again.
+        audio = store.load(i, segment) if i in kept else None
+        if audio is None:
+            s0 = time.perf_counter()
+            audio = store.save(i, segment, _synthesize_segment(engine, segment, inp, prompt))
+            synth_seconds += time.perf_counter() - s0
+        timings.append(add_timed(writer, i, segment, audio))
+        if i + 1 >= first_missing:
+            _beat(rt, claim, keeper, done=i + 1, total=len(segments), started=t0, segments=segments)
 
     silence = writer.silence()
     if silence is not None:
@@ -305,6 +332,7 @@ def _synthesize_and_store(
     storage = get_storage(settings)
     u0 = time.perf_counter()
     storage.put_file(key, encoded.path, encoded.content_type)
+    timings_key, subtitles_key = _store_timings(storage, claim, inp, timings)
     upload_seconds = time.perf_counter() - u0
     result = q.AudioResult(
         key,
@@ -314,11 +342,13 @@ def _synthesize_and_store(
         encoded.bytes,
         encoded.sha256,
         quality,
+        timings_key=timings_key,
+        subtitles_key=subtitles_key,
     )
     with session_scope(settings.database_url) as s:
         deliveries = q.finish_success(s, claim, result, settings.public_base_url)
         if deliveries is None:
-            after_commit(s, lambda: storage.delete(key))
+            after_commit(s, lambda: _delete_all(storage, key, timings_key, subtitles_key))
         else:
             after_commit(s, lambda: send_webhooks(deliveries))
     if deliveries is None:
@@ -339,6 +369,56 @@ def _synthesize_and_store(
         encoded.duration_s,
         synth_seconds / max(encoded.duration_s, 1e-6),
     )
+
+
+def _segment_store(settings: Settings, claim: q.Claim, inp: JobInput) -> SegmentStore:
+    from workers.segments import SegmentStore, SynthesisInputs
+
+    inputs = SynthesisInputs(
+        inp.engine, inp.voice, inp.mode, inp.instruction, inp.speed, inp.language, inp.voice_id
+    )
+    return SegmentStore(get_storage(settings), inp.tenant_id, claim.job_id, inputs)
+
+
+def _store_timings(
+    storage: Storage, claim: q.Claim, inp: JobInput, timings: list[Timing]
+) -> tuple[str, str | None]:
+    """segments.json of this attempt and, when the job asked for one, its subtitle file; both
+    beside the audio, before the row says succeeded. Returns their keys."""
+    from core import subtitles
+    from workers.segments import timings_json
+
+    tenant, job = str(inp.tenant_id), str(claim.job_id)
+    timings_key = job_timings_key(tenant, job, claim.attempt)
+    storage.put(timings_key, timings_json(timings), "application/json")
+    if inp.subtitles is None:
+        return timings_key, None
+    subtitles_key = job_audio_key(tenant, job, claim.attempt, inp.subtitles)
+    rows = [{"start": t.start, "end": t.end, "text": t.text} for t in timings]
+    content = subtitles.render(inp.subtitles, rows).encode()
+    storage.put(subtitles_key, content, subtitles.SUBTITLE_TYPES[inp.subtitles])
+    return timings_key, subtitles_key
+
+
+def _delete_all(storage: Storage, *keys: str | None) -> None:
+    for key in keys:
+        if key:
+            storage.delete(key)
+
+
+def _drop_segments_if_ended(settings: Settings, claim: q.Claim, inp: JobInput) -> None:
+    """Remove the job's kept segments once it has ended (succeeded, failed, canceled), however
+    it ended; a job given back to the queue keeps them for its next attempt. Best effort: the
+    orphan sweep removes what is left."""
+    try:
+        with session_scope(settings.database_url) as s:
+            status = JobStatus(q.get_job(s, claim.job_id).status)
+        if status.is_terminal():
+            removed = _segment_store(settings, claim, inp).drop()
+            if removed:
+                log.info("event=jobs.segments_dropped job=%s removed=%d", claim.job_id, removed)
+    except Exception:
+        log.warning("event=jobs.segments_drop_failed job=%s", claim.job_id, exc_info=True)
 
 
 def _voice_ref(session: Session, voice_id: uuid.UUID) -> VoiceRef:

@@ -27,8 +27,10 @@ from core.errors import (
     QuotaExceeded,
     RequestTooLarge,
     StorageError,
+    SubtitlesNotRequested,
     TextEmpty,
     TextTooLong,
+    TimingsNotAvailable,
     TooManyAuthFailures,
     Unauthorized,
     UnknownEngine,
@@ -40,6 +42,7 @@ from core.errors import (
     WebhookUrlInvalid,
 )
 from core.storage import Storage
+from core.subtitles import SUBTITLE_TYPES
 from db import jobs as q
 from db import webhooks as wq
 from db.models import Job
@@ -228,3 +231,71 @@ def get_webhooks(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> R
             )
         )
     return json_response(out)
+
+
+@router.get(
+    "/{job_id}/timings",
+    responses={
+        200: {"content": {"application/json": {}}, "description": "`segments.json`"},
+        **responses(JobNotFound, AudioNotReady, TimingsNotAvailable, AudioGone, StorageError),
+    },
+    response_model=None,
+)
+def get_timings(
+    job_id: uuid.UUID, session: SessionDep, storage: StorageDep, caller: CallerDep
+) -> Response:
+    """Each segment's text, start and end (seconds) in the job's audio."""
+    job = q.get_job(session, job_id, tenant_id=caller.sees)
+    if job.status != JobStatus.succeeded or not job.result_key:
+        raise AudioNotReady(f"job {job_id} is {job.status}; timings exist once it has succeeded")
+    if not job.timings_key:
+        raise TimingsNotAvailable(f"job {job_id} finished before segment timings were stored")
+    return Response(_read_small(storage, job.timings_key, job_id), media_type="application/json")
+
+
+@router.get(
+    "/{job_id}/subtitles",
+    responses={
+        200: {
+            "content": {t: {} for t in SUBTITLE_TYPES.values()},
+            "description": "The subtitle file (SubRip or WebVTT)",
+        },
+        **responses(JobNotFound, SubtitlesNotRequested, AudioNotReady, AudioGone, StorageError),
+    },
+    response_model=None,
+)
+def get_subtitles(
+    job_id: uuid.UUID, session: SessionDep, storage: StorageDep, caller: CallerDep
+) -> Response:
+    """Download the subtitle file of a succeeded job that asked for one (`subtitles`)."""
+    job = q.get_job(session, job_id, tenant_id=caller.sees)
+    if not job.subtitles:
+        raise SubtitlesNotRequested(
+            f"job {job_id} was submitted without `subtitles`; its timings are at .../timings"
+        )
+    if job.status != JobStatus.succeeded or not job.subtitles_key:
+        raise AudioNotReady(f"job {job_id} is {job.status}; subtitles exist once it has succeeded")
+    return Response(
+        _read_small(storage, job.subtitles_key, job_id),
+        media_type=SUBTITLE_TYPES[job.subtitles],
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.{job.subtitles}"'},
+    )
+
+
+def _read_small(storage: Storage, key: str, job_id: uuid.UUID) -> bytes:
+    """A small object (timings, subtitles) read whole; missing is 410, a failing store 502."""
+    gone = AudioGone(f"the files of job {job_id} are no longer in storage; submit the job again")
+    try:
+        if not storage.exists(key):
+            raise gone
+        return b"".join(storage.iter_bytes(key))
+    except FileNotFoundError:
+        raise gone from None
+    except AudioGone:
+        raise
+    except Exception as exc:
+        log.warning("event=api.storage_failed key=%s error=%s", key, type(exc).__name__)
+        raise StorageError(
+            f"the files of job {job_id} could not be read from storage; retry shortly",
+            retry_after=5,
+        ) from exc

@@ -1,0 +1,162 @@
+"""Finished segments kept in storage while a job runs, so a later attempt resumes.
+
+Each segment's audio is stored as 16-bit PCM WAV at the engine's rate under
+`jobs/<tenant>/<job>/segments/<index>-<digest>.wav`. The digest covers the segment text and
+every synthesis input of the job (engine, voice, mode, instruction, speed, language, cloned
+voice), so a kept segment is reused only for exactly the audio it would be synthesized as.
+Keeping is best effort: a segment that cannot be stored or read back is synthesized again.
+
+The segment timings (`segments.json`) are counted here too, from the frames the job's
+`WavFileWriter` actually wrote, so they match the final audio to the sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import uuid
+import wave
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.storage import Storage, job_segments_prefix
+from workers.audio import join
+from workers.engines.base import Audio
+
+if TYPE_CHECKING:
+    from workers.audio import WavFileWriter
+
+log = logging.getLogger("voicefarm.segments")
+
+
+@dataclass(frozen=True)
+class SynthesisInputs:
+    """What, besides the text, decides a segment's audio."""
+
+    engine: str
+    voice: str | None
+    mode: str
+    instruction: str | None
+    speed: float
+    language: str | None
+    voice_id: uuid.UUID | None
+
+    def digest(self, text: str) -> str:
+        raw = json.dumps(
+            [
+                text,
+                self.engine,
+                self.voice,
+                self.mode,
+                self.instruction,
+                self.speed,
+                self.language,
+                None if self.voice_id is None else str(self.voice_id),
+            ],
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+class SegmentStore:
+    def __init__(
+        self, storage: Storage, tenant_id: uuid.UUID, job_id: uuid.UUID, inputs: SynthesisInputs
+    ) -> None:
+        self.storage = storage
+        self.prefix = job_segments_prefix(str(tenant_id), str(job_id))
+        self.inputs = inputs
+
+    def key(self, index: int, text: str) -> str:
+        return f"{self.prefix}{index:05d}-{self.inputs.digest(text)}.wav"
+
+    def kept(self, segments: list[str]) -> set[int]:
+        """Indexes of the segments an earlier attempt stored for exactly these inputs."""
+        try:
+            present = {obj.key for obj in self.storage.list_keys(self.prefix)}
+        except Exception:
+            log.warning("event=jobs.segments_list_failed prefix=%s", self.prefix, exc_info=True)
+            return set()
+        return {i for i, text in enumerate(segments) if self.key(i, text) in present}
+
+    def save(self, index: int, text: str, parts: list[Audio]) -> Audio | None:
+        """The segment as one piece of audio (parts joined as the writer would), stored; None
+        when the engine returned no parts at all."""
+        if not parts:
+            return None
+        audio = parts[0] if len(parts) == 1 else join(parts)
+        try:
+            self.storage.put(self.key(index, text), encode_pcm16(audio), "audio/wav")
+        except Exception:
+            log.warning("event=jobs.segment_keep_failed index=%d", index, exc_info=True)
+        return audio
+
+    def load(self, index: int, text: str) -> Audio | None:
+        try:
+            return decode_pcm16(b"".join(self.storage.iter_bytes(self.key(index, text))))
+        except Exception:
+            log.warning("event=jobs.segment_read_failed index=%d", index, exc_info=True)
+            return None
+
+    def drop(self) -> int:
+        """Remove every kept segment of the job (it ended); returns how many were removed."""
+        removed = 0
+        for obj in list(self.storage.list_keys(self.prefix)):
+            self.storage.delete(obj.key)
+            removed += 1
+        return removed
+
+
+def encode_pcm16(audio: Audio) -> bytes:
+    # The writer's own conversion, so a kept segment writes the bytes a fresh one would.
+    pcm = (np.clip(audio.samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(audio.sample_rate)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def decode_pcm16(data: bytes) -> Audio:
+    with wave.open(io.BytesIO(data), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ValueError("a kept segment is not 16-bit mono PCM")
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    # Half a step towards the larger magnitude: writing it again truncates to the same integer.
+    scaled = (pcm.astype(np.float64) + np.sign(pcm) * 0.5) / 32767.0
+    return Audio(scaled.astype(np.float32), rate)
+
+
+@dataclass(frozen=True)
+class Timing:
+    index: int
+    text: str
+    start: float
+    end: float
+
+
+def add_timed(writer: WavFileWriter, index: int, text: str, audio: Audio | None) -> Timing:
+    """Write one segment and say where it lies in the output: after the writer's gap, for as
+    many frames as it wrote (resampled or not)."""
+    before, had_parts = writer.frames, writer.parts > 0
+    if audio is None:
+        at = before / writer.sample_rate if writer.sample_rate else 0.0
+        return Timing(index, text, at, at)
+    writer.add(audio)
+    rate = writer.sample_rate or audio.sample_rate
+    gap = int(rate * writer.gap_s) if had_parts else 0
+    return Timing(index, text, (before + gap) / rate, writer.frames / rate)
+
+
+def timings_json(timings: list[Timing]) -> bytes:
+    rows = [
+        {"index": t.index, "text": t.text, "start": round(t.start, 6), "end": round(t.end, 6)}
+        for t in timings
+    ]
+    return json.dumps(rows, ensure_ascii=False, indent=1).encode()
