@@ -8,6 +8,7 @@ tenant (`voices/<tenant_id>/<voice_id>/...` likewise). Objects written before te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -152,7 +153,13 @@ class FileStorage:
                 yield StoredObject(key, datetime.fromtimestamp(mtime, UTC))
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        if path.parent.name == SEGMENTS_DIR:
+            # A finished job's kept segments go one by one; the last takes its folder along.
+            # Only there: another folder may be written to while a delete runs.
+            with contextlib.suppress(OSError):  # not empty yet
+                path.parent.rmdir()
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
