@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api.modes import choose
 from api.schemas import JobCreate
-from core.engines import catalog
+from core.engines import EngineSpec, catalog
 from core.errors import (
     MarkupInvalid,
     TextTooLong,
@@ -69,6 +69,18 @@ def check_storable(body: BaseModel) -> None:
             raise ValidationFailed(f"{field} {problem}", field=field.split(".")[0])
 
 
+def check_markup(text: str, spec: EngineSpec) -> None:
+    """422 `markup_invalid` for bad markup, or for a kind (pinyin, ARPAbet, tags) the engine
+    cannot honour (Piper: ARPAbet only)."""
+    unsupported = markup_kinds(text) - spec.markup
+    if unsupported:
+        raise MarkupInvalid(
+            f"engine {spec.name!r} does not understand {', '.join(sorted(unsupported))} markup; "
+            f"it takes {', '.join(sorted(spec.markup)) or 'none'}",
+            field="text",
+        )
+
+
 def admit(
     session: Session,
     body: JobCreate,
@@ -109,12 +121,7 @@ def admit(
             f"format {body.format!r} is not supported; choose one of {list(spec.formats)}",
             field="format",
         )
-    unsupported = markup_kinds(text) - spec.markup
-    if unsupported:
-        raise MarkupInvalid(
-            f"engine {engine_name!r} does not understand {', '.join(sorted(unsupported))} markup",
-            field="text",
-        )
+    check_markup(text, spec)
     lo, hi = spec.speed_range
     if not lo <= body.speed <= hi:
         raise ValidationFailed(f"speed must be between {lo} and {hi}", field="speed")

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.auth import get_caller
-from api.routes import compat, engines, health, jobs, voices
+from api.routes import compat, engines, health, jobs, text, voices
 from api.security import BodyLimit
 from core.errors import TooManyAuthFailures, Unauthorized
 from core.logging import configure_logging
@@ -79,6 +79,7 @@ def create_app() -> FastAPI:
     app.include_router(engines.router, dependencies=auth, responses=refusals)
     app.include_router(voices.router, dependencies=auth)
     app.include_router(compat.router, dependencies=auth, responses=refusals)
+    app.include_router(text.router, dependencies=auth, responses=refusals)
     return app
 
 

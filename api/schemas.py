@@ -245,3 +245,27 @@ class VoicePatch(BaseModel):
         None, description="The corrected prompt text: exactly what the recording says."
     )
     language: str | None = Field(None, description="ISO 639-1 code, e.g. `zh`, `en-US`.")
+
+
+class TextPreviewIn(BaseModel):
+    text: str = Field(description="Text as a job would send it, markup included.")
+    engine: str | None = Field(None, description="Default: the farm's default engine.")
+    language: str | None = Field(None, description="ISO 639-1 code; default: per run of script.")
+
+
+class SegmentOut(BaseModel):
+    text: str
+    chars: int
+
+
+class MarkupOut(BaseModel):
+    kind: str = Field(description="`pinyin`, `arpabet` or `tag`.")
+    start: int = Field(description="Character offset in `normalized`.")
+    end: int
+    text: str
+
+
+class TextPreviewOut(BaseModel):
+    normalized: str = Field(description="The text as the engine is given it.")
+    segments: list[SegmentOut]
+    markup: list[MarkupOut]

@@ -30,6 +30,12 @@ class EngineSpec:
     # Modes that speak with a cloned voice: the job names one (`voice_id`) or the farm's
     # default voice (VOICEFARM_DEFAULT_VOICE_ID) is used; without either, `voice_required`.
     voice_modes: frozenset[str] = frozenset()
+    # The longest segment (characters) the farm hands this engine in one call; the worker
+    # uses min(this, VOICEFARM_SEGMENT_MAX_CHARS) (core/textnorm.prepare).
+    max_segment_chars: int = 400
+    # The engine's own frontend reads numbers, dates... (core/textnorm: the farm then skips
+    # its normalisation, except for text with markup).
+    normalizes_text: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -44,6 +50,8 @@ class EngineSpec:
             "formats": list(self.formats),
             "speed_range": list(self.speed_range),
             "voice_modes": sorted(self.voice_modes),
+            "max_segment_chars": self.max_segment_chars,
+            "normalizes_text": self.normalizes_text,
         }
 
     @classmethod
@@ -62,6 +70,8 @@ class EngineSpec:
             if "speed_range" in data
             else (0.5, 2.0),
             voice_modes=frozenset(data.get("voice_modes", [])),
+            max_segment_chars=int(data.get("max_segment_chars", 400)),
+            normalizes_text=bool(data.get("normalizes_text", False)),
         )
 
 
@@ -85,12 +95,17 @@ BUILTIN: dict[str, EngineSpec] = {
     "cosyvoice": EngineSpec(
         name="cosyvoice",
         modes=frozenset({"preset", "clone", "cross_lingual", "instruct"}),
-        markup=frozenset({MarkupKind.pinyin, MarkupKind.arpabet}),
+        markup=frozenset({MarkupKind.pinyin, MarkupKind.arpabet, MarkupKind.tag}),
         languages=COSYVOICE_LANGUAGES,
         sample_rate=24000,
         default_voice=None,
         voices=None,
         voice_modes=frozenset({"preset", "clone", "cross_lingual", "instruct"}),
+        # Upstream cuts Chinese into utterances of about 80 characters (split_paragraph,
+        # token_max_n=80); a segment of 120 is one or two of those, so timings and resume
+        # stay fine-grained while the LLM keeps its context short.
+        max_segment_chars=120,
+        normalizes_text=True,
     ),
 }
 

@@ -24,7 +24,8 @@ from core.enums import ErrorCode, JobStatus, TaskName
 from core.errors import RequestRejected, StorageError
 from core.settings import Settings
 from core.storage import get_storage, job_audio_key, job_timings_key
-from core.text import halve, split_segments
+from core.text import halve
+from core.textnorm import prepare
 from db import jobs as q
 from db.models import DEFAULT_TENANT_ID
 from db.session import after_commit, session_scope
@@ -285,7 +286,7 @@ def _synthesize_and_store(
             cloned = _voice_ref(s, inp.voice_id)
         # Prepared once per (engine, weights, recording, transcript): usually a cache hit.
         prompt = rt.prompts().prepared(engine, cloned)
-    segments = split_segments(inp.text, settings.segment_max_chars)
+    segments = prepare(inp.text, engine.spec, settings.segment_max_chars, inp.language).segments
     store = _segment_store(settings, claim, inp)
     kept = store.kept(segments)
     if kept:
