@@ -13,7 +13,14 @@ from sqlalchemy.orm import Session
 
 from api.modes import choose
 from api.schemas import JobCreate
-from core.engines import EngineSpec, catalog
+from core.engines import (
+    BIT_DEPTHS,
+    DEFAULT_BIT_DEPTH,
+    LOUDNESS_RANGE_LUFS,
+    OPUS_SAMPLE_RATES,
+    EngineSpec,
+    catalog,
+)
 from core.errors import (
     MarkupInvalid,
     TextTooLong,
@@ -81,6 +88,38 @@ def check_markup(text: str, spec: EngineSpec) -> None:
         )
 
 
+def check_output(body: JobCreate) -> int | None:
+    """422 for a bit depth the format does not take, an Opus sample rate Opus cannot encode, or a
+    loudness target out of range. Returns the bit depth to record (None for lossy formats)."""
+    depths = BIT_DEPTHS.get(body.format)
+    if body.bit_depth is not None and (depths is None or body.bit_depth not in depths):
+        offered = (
+            f"choose one of {list(depths)}"
+            if depths
+            else f"only {', '.join(sorted(BIT_DEPTHS))} take one"
+        )
+        raise UnsupportedFormat(
+            f"bit_depth {body.bit_depth} is not offered for {body.format}; {offered}",
+            field="bit_depth",
+        )
+    if (
+        body.format == "opus"
+        and body.sample_rate is not None
+        and body.sample_rate not in OPUS_SAMPLE_RATES
+    ):
+        raise UnsupportedFormat(
+            f"opus cannot encode at {body.sample_rate} Hz; choose one of "
+            f"{[r for r in OPUS_SAMPLE_RATES if r in SAMPLE_RATES]} or leave sample_rate out",
+            field="sample_rate",
+        )
+    lo, hi = LOUDNESS_RANGE_LUFS
+    if body.loudness is not None and not lo <= body.loudness <= hi:
+        raise ValidationFailed(f"loudness must be between {lo:g} and {hi:g} LUFS", field="loudness")
+    if depths is None:
+        return None
+    return body.bit_depth or DEFAULT_BIT_DEPTH
+
+
 def admit(
     session: Session,
     body: JobCreate,
@@ -129,6 +168,7 @@ def admit(
         raise ValidationFailed(
             f"sample_rate must be one of {list(SAMPLE_RATES)}", field="sample_rate"
         )
+    bit_depth = check_output(body)
     # The webhook URL is checked (and its host resolved) by api/submit.py before any query.
     metadata = body.metadata or {}
     encoded = json.dumps(metadata)
@@ -159,4 +199,6 @@ def admit(
         attempts=0,
         segments_done=0,
         subtitles=body.subtitles,
+        bit_depth=bit_depth,
+        loudness_target=body.loudness,
     )

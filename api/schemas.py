@@ -47,8 +47,25 @@ class JobCreate(BaseModel):
         description="Natural-language style instruction, e.g. `用兴奋的语气说这句话` or "
         "`用四川话说这句话` (engines with the `instruct` mode).",
     )
-    format: str = Field("wav", description="Audio container.")
-    sample_rate: int | None = Field(None, description="Resample the result to this rate (Hz).")
+    format: str = Field(
+        "wav",
+        description="`wav`, `flac`, `mp3`, `ogg` (Vorbis), `opus` (Ogg Opus) or `pcm` (raw "
+        "little-endian signed mono samples, no header). `GET /v1/engines` lists each engine's.",
+    )
+    sample_rate: int | None = Field(
+        None,
+        description="Resample the result to this rate (Hz). Opus takes 8000, 16000, 24000 or "
+        "48000; without one it gets the engine's rate or the next Opus rate up.",
+    )
+    bit_depth: int | None = Field(
+        None, description="16 (default) or 24, for `wav`, `flac` and `pcm` only."
+    )
+    loudness: float | None = Field(
+        None,
+        description="Normalise to this integrated loudness (LUFS, ITU-R BS.1770; -40 to -5, "
+        "e.g. -16 for streaming, -23 for EBU R128 broadcast); peaks are then held at -1 dBFS. "
+        "Measured loudness is recorded in `quality` either way.",
+    )
     speed: float = Field(1.0, description="Speaking rate multiplier.")
     webhook_url: str | None = Field(
         None, description="Receives signed Standard Webhooks events for this job."
@@ -103,6 +120,8 @@ class JobError(BaseModel):
 class JobResult(BaseModel):
     url: str
     format: str
+    content_type: str | None = Field(None, description="As served by `GET .../audio`.")
+    bit_depth: int | None = Field(None, description="`wav`, `flac` and `pcm`: 16 or 24.")
     sample_rate: int
     duration_s: float
     bytes: int
@@ -138,7 +157,12 @@ class JobOut(BaseModel):
     error: JobError | None
     result: JobResult | None
     quality: dict[str, float] | None = Field(
-        None, description="Measured on the result: `speaker_similarity` (clone modes, -1..1)."
+        None,
+        description="Measured on every result (also on one that failed a quality check): "
+        "`duration_s`, `chars_per_second` (letters, digits and CJK characters), "
+        "`silence_ratio`, `clipped_ratio`, `peak`, `nan_count`, `loudness_input_lufs` (the "
+        "engine's output) and `loudness_lufs` and `output_peak` (the delivered file); "
+        "`speaker_similarity` (clone modes, -1..1).",
     )
     links: JobLinks
 

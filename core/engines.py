@@ -12,7 +12,35 @@ from typing import Any
 from core.settings import Settings
 from core.text import MarkupKind
 
-AUDIO_FORMATS = ("wav",)
+# Every format is a farm-side conversion of the engine's samples (workers/audio.py), so every
+# engine offers all of them unless its spec declares fewer.
+AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg", "opus", "pcm")
+# Formats that carry PCM at a chosen bit depth; mp3, ogg (Vorbis) and opus take none.
+BIT_DEPTHS: dict[str, tuple[int, ...]] = {"wav": (16, 24), "flac": (16, 24), "pcm": (16, 24)}
+DEFAULT_BIT_DEPTH = 16
+# Opus encodes only at these rates; a job without a sample rate gets the next one up.
+OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
+LOUDNESS_RANGE_LUFS = (-40.0, -5.0)
+# `pcm` is raw little-endian signed samples, mono, no header: `audio/L16` would promise
+# big-endian (RFC 2586), so it is served as bytes and described by the job's result
+# (sample_rate, bit_depth) and by X-Audio-* headers on the download.
+CONTENT_TYPES = {
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "ogg": "audio/ogg",
+    "opus": "audio/ogg; codecs=opus",
+    "pcm": "application/octet-stream",
+}
+
+
+def content_type(fmt: str) -> str:
+    return CONTENT_TYPES.get(fmt, "application/octet-stream")
+
+
+def opus_rate(rate: int) -> int:
+    """The Opus rate a `rate` Hz signal is resampled to: itself, or the next one up."""
+    return next((r for r in OPUS_SAMPLE_RATES if r >= rate), OPUS_SAMPLE_RATES[-1])
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,6 @@ class ErrorCode(StrEnum):
     invalid_input = "invalid_input"
     # The engine produced no samples, or only silence: nothing worth storing.
     empty_audio = "empty_audio"
+    # The audio failed a quality check (NaN samples, clipping, mostly silent, a duration
+    # implausible for the text): the message names the figure and the threshold.
+    quality_check_failed = "quality_check_failed"

@@ -134,6 +134,19 @@ class Settings(BaseSettings):
     # Slowest expected synthesis per character: a segment may run WORKER_HANG_SECONDS plus this
     # much per character (within the job deadline) before its worker counts as hung.
     segment_seconds_per_char: float = Field(0.2, gt=0)
+    # Quality checks on every result (workers/quality.py): past a threshold the job fails with
+    # `quality_check_failed` instead of delivering the audio; 0 turns a check off. The defaults
+    # catch broken output (clipped, mostly silent, truncated or runaway), not fast or slow
+    # talkers. Characters per second count letters, digits and CJK characters (markup left
+    # out), per script, divided by the job's speed; only texts of QUALITY_MIN_CHARS_FOR_RATE
+    # characters or more are held to them.
+    quality_max_silence_ratio: float = Field(0.8, ge=0, le=1)
+    quality_max_clipped_ratio: float = Field(0.01, ge=0, le=1)
+    quality_min_chars_per_second_latin: float = Field(2.0, ge=0)
+    quality_max_chars_per_second_latin: float = Field(40.0, ge=0)
+    quality_min_chars_per_second_cjk: float = Field(0.5, ge=0)
+    quality_max_chars_per_second_cjk: float = Field(25.0, ge=0)
+    quality_min_chars_for_rate: int = Field(20, ge=1)
 
     # Storage
     storage_backend: StorageBackend = StorageBackend.file

@@ -168,8 +168,16 @@ def finish_success(
 
 
 def finish_failure(
-    session: Session, claim: Claim, code: str, message: str, base_url: str
+    session: Session,
+    claim: Claim,
+    code: str,
+    message: str,
+    base_url: str,
+    *,
+    quality: dict[str, float] | None = None,
 ) -> list[str] | None:
+    """running -> failed; `quality` records what was measured on audio that failed a check."""
+    extra = {} if quality is None else {"quality": quality}
     return _finish(
         session,
         claim,
@@ -178,6 +186,7 @@ def finish_failure(
         status=JobStatus.failed.value,
         error_code=code,
         error_message=message[:2000],
+        **extra,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.engines import BIT_DEPTHS, content_type
 from db.models import Job
 
 
@@ -19,6 +20,8 @@ def job_view(job: Job, base_url: str) -> dict[str, Any]:
         result = {
             "url": f"{self_url}/audio",
             "format": job.result_format,
+            "content_type": content_type(job.result_format or ""),
+            "bit_depth": job.bit_depth if job.result_format in BIT_DEPTHS else None,
             "sample_rate": job.result_sample_rate,
             "duration_s": job.result_duration_s,
             "bytes": job.result_bytes,

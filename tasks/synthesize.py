@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from celery import Task
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from workers.audio import WavFileWriter
     from workers.engines.base import Audio, Engine, PreparedVoice
     from workers.prompt_cache import VoiceRef
+    from workers.quality import Verdict
     from workers.runtime import Runtime
     from workers.segments import SegmentStore, Timing
 
@@ -71,6 +72,9 @@ class JobInput:
     tenant_id: uuid.UUID = DEFAULT_TENANT_ID
     # A subtitle file to store beside the audio (srt | vtt), from the segment timings.
     subtitles: str | None = None
+    # Output options: PCM bit depth (wav, flac, pcm) and a loudness target in LUFS.
+    bit_depth: int | None = None
+    loudness_target: float | None = None
 
 
 class Stopped(Exception):
@@ -208,6 +212,8 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
             job.voice_id,
             job.tenant_id,
             subtitles=job.subtitles,
+            bit_depth=job.bit_depth,
+            loudness_target=job.loudness_target,
         )
         # A release keeps its error code on the row until the next finish: this says whether an
         # earlier attempt of this job already took a worker down with CUDA OOM.
@@ -264,7 +270,9 @@ def _run_claimed(
 
     # Audio goes to a temporary file segment by segment, so memory stays one segment deep
     # whatever the text length; the file is removed after the upload, or on any failure.
-    with audio_ops.WavFileWriter.temporary(inp.format, inp.sample_rate) as writer:
+    with audio_ops.WavFileWriter.temporary(
+        inp.format, inp.sample_rate, bit_depth=inp.bit_depth, loudness=inp.loudness_target
+    ) as writer:
         _synthesize_and_store(rt, claim, inp, t0, keeper, writer)
 
 
@@ -327,8 +335,27 @@ def _synthesize_and_store(
         _fail(settings, claim, inp, ErrorCode.empty_audio.value, silence)
         log.warning("event=jobs.empty_audio job=%s attempt=%d", claim.job_id, claim.attempt)
         return
+    verdict = _check_quality(settings, inp, writer, " ".join(segments))
+    if verdict.message is not None:
+        # Broken audio (NaN, clipped, mostly silent, implausible duration) is not delivered:
+        # fail (fenced) with the figure, record the measurements, store nothing.
+        _fail(
+            settings,
+            claim,
+            inp,
+            ErrorCode.quality_check_failed.value,
+            verdict.message,
+            verdict.quality,
+        )
+        log.warning(
+            "event=jobs.quality_failed job=%s attempt=%d check=%s",
+            claim.job_id,
+            claim.attempt,
+            verdict.check,
+        )
+        return
     encoded = writer.finish()
-    quality = _quality(inp.engine, cloned, encoded.path)
+    quality = _finish_quality(inp, writer, verdict, _quality(inp.engine, cloned, writer.path))
     key = job_audio_key(str(inp.tenant_id), str(claim.job_id), claim.attempt, encoded.format)
     storage = get_storage(settings)
     u0 = time.perf_counter()
@@ -441,6 +468,34 @@ def _voice_ref(session: Session, voice_id: uuid.UUID) -> VoiceRef:
     )
 
 
+def _check_quality(
+    settings: Settings, inp: JobInput, writer: WavFileWriter, spoken: str
+) -> Verdict:
+    """Measurements of the streamed audio against the VOICEFARM_QUALITY_* thresholds."""
+    from workers.quality import assess, observe
+
+    verdict = assess(writer.stats(), spoken, inp.speed, settings)
+    if verdict.check is not None:
+        observe(inp.engine, verdict)
+    return verdict
+
+
+def _finish_quality(
+    inp: JobInput, writer: WavFileWriter, verdict: Verdict, similarity: dict[str, float] | None
+) -> dict[str, float]:
+    """The job's `quality`: the checked figures, the delivered file's loudness and peak, and the
+    speaker similarity of a cloned voice's output; exported as metrics."""
+    from workers.quality import observe
+
+    quality = dict(verdict.quality)
+    if writer.loudness_after is not None:
+        quality["loudness_lufs"] = round(writer.loudness_after, 2)
+    quality["output_peak"] = round(writer.output_peak, 4)
+    quality.update(similarity or {})
+    observe(inp.engine, replace(verdict, quality=quality))
+    return quality
+
+
 def _quality(engine: str, cloned: VoiceRef | None, wav_path: Path) -> dict[str, float] | None:
     """Speaker similarity of a cloned voice's output to the voice (same encoder as the voice's
     embedding). A measurement, never a reason to fail the job."""
@@ -551,9 +606,18 @@ def _dispatch(settings: Settings, engine: str, pool: str) -> None:
     dispatch(settings.database_url, engine, pool, settings.dispatch_ahead)
 
 
-def _fail(settings: Settings, claim: q.Claim, inp: JobInput, code: str, message: str) -> None:
+def _fail(
+    settings: Settings,
+    claim: q.Claim,
+    inp: JobInput,
+    code: str,
+    message: str,
+    quality: dict[str, float] | None = None,
+) -> None:
     with session_scope(settings.database_url) as s:
-        deliveries = q.finish_failure(s, claim, code, message, settings.public_base_url)
+        deliveries = q.finish_failure(
+            s, claim, code, message, settings.public_base_url, quality=quality
+        )
         after_commit(s, lambda: send_webhooks(deliveries))
     _metrics_finished(inp.engine, "failed")
 

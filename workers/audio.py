@@ -1,5 +1,6 @@
-"""Audio post-processing: join segments, resample, encode WAV (in memory or streamed to a file),
-describe the result."""
+"""Audio post-processing: join segments, resample, encode WAV in memory, or stream segments to a
+temporary float WAV and transcode it block by block into the job's format, loudness normalised
+and described."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from core.engines import AUDIO_FORMATS, BIT_DEPTHS, DEFAULT_BIT_DEPTH, content_type, opus_rate
 from workers.engines.base import Audio
+from workers.loudness import CEILING_DBFS, LoudnessMeter, limiter_gains
 
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 SEGMENT_GAP_S = 0.12
@@ -130,6 +134,24 @@ def encode(audio: Audio, fmt: str) -> Encoded:
 # Below -60 dBFS at its loudest, or -80 dBFS on average: nothing a listener would hear.
 SILENCE_PEAK = 1e-3
 SILENCE_RMS = 1e-4
+# A sample this close to full scale counts as clipped (the engine's float output, before any gain).
+CLIP_LEVEL = 0.999
+# The silence ratio is the share of 20 ms frames quieter than -60 dBFS RMS.
+SILENT_FRAME_S = 0.02
+SILENT_FRAME_RMS = 1e-3
+TRANSCODE_BLOCK = 1 << 16
+# When the limiter takes loudness away, the gain is raised and the limit recomputed, at most this
+# many times, until the output is within this much of the target.
+LIMITER_PASSES = 4
+LIMITER_TOLERANCE_LU = 0.2
+
+# soundfile (libsndfile 1.2) container and subtype per format; wav and pcm are written directly.
+_SOUNDFILE = {
+    "flac": ("FLAC", None),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "ogg": ("OGG", "VORBIS"),
+    "opus": ("OGG", "OPUS"),
+}
 
 
 @dataclass(frozen=True)
@@ -143,37 +165,189 @@ class EncodedFile:
     duration_s: float
     bytes: int
     sha256: str
+    bit_depth: int | None = None
+
+
+@dataclass(frozen=True)
+class AudioStats:
+    """What the writer measured while the audio streamed past (before any loudness gain)."""
+
+    samples: int
+    sample_rate: int
+    peak: float
+    rms: float
+    nan_count: int
+    clipped: int
+    silent_frames: int
+    frames_20ms: int
+    loudness_lufs: float | None
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.sample_rate if self.sample_rate else 0.0
+
+    @property
+    def silence_ratio(self) -> float:
+        return self.silent_frames / self.frames_20ms if self.frames_20ms else 0.0
+
+    @property
+    def clipped_ratio(self) -> float:
+        return self.clipped / self.samples if self.samples else 0.0
+
+
+class _Frames:
+    """One reduction (sum, max) per fixed-size frame of a stream, the remainder carried over."""
+
+    def __init__(self, size: int, kind: str) -> None:
+        self.size = max(1, size)
+        self.kind = kind
+        self._carry = np.zeros(0, dtype=np.float32)
+        self._done: list[np.ndarray] = []
+
+    def _reduce(self, x: np.ndarray) -> np.ndarray:
+        out = x.max(axis=-1) if self.kind == "max" else x.sum(axis=-1)
+        return np.asarray(out, dtype=np.float32)
+
+    def add(self, x: np.ndarray) -> None:
+        buf = np.concatenate([self._carry, x]) if len(self._carry) else x
+        whole = len(buf) // self.size * self.size
+        if whole:
+            self._done.append(self._reduce(buf[:whole].reshape(-1, self.size)))
+        self._carry = buf[whole:].copy()
+
+    def values(self) -> np.ndarray:
+        """Every frame's value, the last (partial) frame included."""
+        tail = [self._reduce(self._carry)[None]] if len(self._carry) else []
+        return np.concatenate([*self._done, *tail]) if self._done or tail else np.zeros(0)
+
+
+class _Sink:
+    """The output file of one format, fed float blocks in [-1, 1]."""
+
+    def __init__(self, path: Path, fmt: str, rate: int, bit_depth: int | None) -> None:
+        import soundfile
+
+        self.fmt, self.bit_depth = fmt, bit_depth
+        self._file = path.open("wb") if fmt in ("wav", "pcm") else None
+        self._wav: wave.Wave_write | None = None
+        self._sf: soundfile.SoundFile | None = None
+        if fmt == "wav":
+            assert self._file is not None
+            self._wav = wave.open(self._file, "wb")  # noqa: SIM115 (closed in close())
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth((bit_depth or DEFAULT_BIT_DEPTH) // 8)
+            self._wav.setframerate(rate)
+        elif fmt != "pcm":
+            container, subtype = _SOUNDFILE[fmt]
+            if fmt == "flac":
+                subtype = f"PCM_{bit_depth or DEFAULT_BIT_DEPTH}"
+            self._sf = soundfile.SoundFile(
+                str(path), "w", samplerate=rate, channels=1, format=container, subtype=subtype
+            )
+
+    def write(self, y: np.ndarray) -> None:
+        if self._sf is not None:
+            if self.fmt == "flac":  # integers, so the rounding is ours (as for wav and pcm)
+                pcm = _pcm(y, self.bit_depth or DEFAULT_BIT_DEPTH)
+                self._sf.write(pcm.astype(np.int32) << 8 if pcm.dtype != np.int16 else pcm)
+            else:
+                self._sf.write(y)
+            return
+        raw = _pcm_bytes(y, self.bit_depth or DEFAULT_BIT_DEPTH)
+        if self._wav is not None:
+            self._wav.writeframesraw(raw)
+        elif self._file is not None:
+            self._file.write(raw)
+
+    def close(self) -> None:
+        try:
+            if self._wav is not None:
+                self._wav.close()  # patches the header's sizes
+            if self._sf is not None:
+                self._sf.close()
+        finally:
+            if self._file is not None:
+                self._file.close()
+
+
+def _pcm(y: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Signed integers of `bit_depth` bits (in int16 or int32), truncated as `encode_wav` does."""
+    if bit_depth == 16:
+        return (y * 32767.0).astype("<i2")
+    return (y.astype(np.float64) * 8388607.0).astype("<i4")
+
+
+def _pcm_bytes(y: np.ndarray, bit_depth: int) -> bytes:
+    pcm = _pcm(y, bit_depth)
+    if bit_depth == 16:
+        return pcm.tobytes()
+    return pcm.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()  # little-endian: low 3 bytes
 
 
 class WavFileWriter:
-    """16-bit PCM mono WAV written to disk part by part, so memory stays one segment deep.
+    """The job's audio streamed to a temporary float WAV part by part, then transcoded block by
+    block into the requested format, so memory stays one segment (or one block) deep.
 
     Each part is resampled on its own (`Resampler`, block by block) and separated from the
-    previous one by a silent gap, as `join` does. Loudness is tracked as parts arrive, so a job
-    whose audio is empty or silent is caught without reading the file back. The WAV header's
-    sizes are patched when the file is finished.
+    previous one by a silent gap, as `join` does. Loudness, peaks, clipping, non-finite samples
+    and silent frames are measured as parts arrive, so an empty, silent or broken result is
+    caught without reading the file back. `finish` transcodes, normalising loudness to
+    `loudness` LUFS first when asked (a gain, then a peak limiter holding -1 dBFS).
     """
 
-    def __init__(self, path: Path, sample_rate: int | None = None, gap_s: float = SEGMENT_GAP_S):
+    def __init__(
+        self,
+        path: Path,
+        sample_rate: int | None = None,
+        gap_s: float = SEGMENT_GAP_S,
+        *,
+        fmt: str = "wav",
+        bit_depth: int | None = None,
+        loudness: float | None = None,
+    ):
+        if fmt not in AUDIO_FORMATS:
+            raise ValueError(f"format {fmt!r} is not supported")
+        if bit_depth is not None and bit_depth not in BIT_DEPTHS.get(fmt, ()):
+            raise ValueError(f"bit depth {bit_depth} is not offered for {fmt}")
         self.path = path
+        self.fmt = fmt
+        self.bit_depth = (bit_depth or DEFAULT_BIT_DEPTH) if fmt in BIT_DEPTHS else None
+        self.loudness = loudness
         self.sample_rate = sample_rate  # None: the first part's rate
         self.gap_s = gap_s
         self.frames = 0
         self.parts = 0
         self.peak = 0.0
+        self.nan_count = 0
+        self.clipped = 0
+        self.output: Path | None = None
+        self.loudness_before: float | None = None
+        self.loudness_after: float | None = None
+        self.output_peak = 0.0
         self._sum_squares = 0.0
-        self._file = path.open("wb")
-        self._wav: wave.Wave_write | None = None
+        self._sf: Any = None
+        self._opened = False
         self._resamplers: dict[int, Resampler] = {}
+        self._meter: LoudnessMeter | None = None
+        self._power = _Frames(1, "sum")
+        self._peaks = _Frames(1, "max")
 
     @classmethod
-    def temporary(cls, fmt: str, sample_rate: int | None = None) -> WavFileWriter:
-        """A writer on a new file in the temporary folder ($TMPDIR); closing it removes it."""
-        if fmt != "wav":
+    def temporary(
+        cls,
+        fmt: str,
+        sample_rate: int | None = None,
+        *,
+        bit_depth: int | None = None,
+        loudness: float | None = None,
+    ) -> WavFileWriter:
+        """A writer on a new file in the temporary folder ($TMPDIR); closing it removes it and
+        its output."""
+        if fmt not in AUDIO_FORMATS:
             raise ValueError(f"format {fmt!r} is not supported")
         fd, name = tempfile.mkstemp(prefix="voicefarm-", suffix=".wav")
         os.close(fd)
-        return cls(Path(name), sample_rate)
+        return cls(Path(name), sample_rate, fmt=fmt, bit_depth=bit_depth, loudness=loudness)
 
     def __enter__(self) -> WavFileWriter:
         return self
@@ -181,41 +355,59 @@ class WavFileWriter:
     def __exit__(self, *_: object) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
+        if self.output is not None:
+            self.output.unlink(missing_ok=True)
 
-    def _open(self, rate: int) -> wave.Wave_write:
-        if self._wav is None:
+    def _open(self, rate: int) -> int:
+        if not self._opened:
+            import soundfile
+
+            if self.fmt == "opus":
+                rate = opus_rate(rate)
             self.sample_rate = rate
-            self._wav = wave.open(self._file, "wb")  # noqa: SIM115 (closed in close())
-            self._wav.setnchannels(1)
-            self._wav.setsampwidth(2)
-            self._wav.setframerate(rate)
-        return self._wav
+            self._sf = soundfile.SoundFile(
+                str(self.path), "w", samplerate=rate, channels=1, format="WAV", subtype="FLOAT"
+            )
+            self._opened = True
+            self._meter = LoudnessMeter(rate)
+            self._power = _Frames(round(rate * SILENT_FRAME_S), "sum")
+            self._peaks = _Frames(rate // 1000, "max")
+        assert self.sample_rate is not None
+        return self.sample_rate
 
     def add(self, part: Audio) -> None:
-        wav = self._open(self.sample_rate or part.sample_rate)
-        rate = wav.getframerate()
+        rate = self._open(self.sample_rate or part.sample_rate)
         if self.parts:
-            gap = int(rate * self.gap_s)
-            wav.writeframesraw(bytes(2 * gap))
-            self.frames += gap
+            self._write(np.zeros(int(rate * self.gap_s), dtype=np.float32))
         self.parts += 1
         samples = part.samples.astype(np.float32, copy=False)
         if part.sample_rate == rate:
-            self._write(wav, samples)
+            self._write(samples)
         else:
             if part.sample_rate not in self._resamplers:
                 self._resamplers[part.sample_rate] = Resampler(part.sample_rate, rate)
             for block in self._resamplers[part.sample_rate].blocks(samples):
-                self._write(wav, block)
+                self._write(block.astype(np.float32))
 
-    def _write(self, wav: wave.Wave_write, samples: np.ndarray) -> None:
+    def _write(self, samples: np.ndarray) -> None:
         if not len(samples):
             return
-        self.peak = max(self.peak, float(np.max(np.abs(samples))))
+        finite = np.isfinite(samples)
+        if not finite.all():
+            # NaN or infinite samples (an fp16 overflow): counted, then written as silence so
+            # nothing downstream (peak, loudness, the file) is poisoned; the job fails on them.
+            self.nan_count += int(len(samples) - np.count_nonzero(finite))
+            samples = np.where(finite, samples, np.float32(0.0))
+        magnitude = np.abs(samples)
+        self.peak = max(self.peak, float(np.max(magnitude)))
+        self.clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
         wide = samples.astype(np.float64)
         self._sum_squares += float(np.dot(wide, wide))
-        # The same conversion as `encode_wav`, so both write identical bytes for the same audio.
-        wav.writeframesraw((np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
+        assert self._meter is not None
+        self._meter.add(samples)
+        self._power.add(wide * wide)
+        self._peaks.add(np.minimum(magnitude, 1.0))
+        self._sf.write(samples)
         self.frames += len(samples)
 
     def add_all(self, parts: list[Audio]) -> None:
@@ -237,33 +429,111 @@ class WavFileWriter:
             )
         return None
 
+    def stats(self) -> AudioStats:
+        power = self._power.values()
+        silent = int(np.count_nonzero(power / self._power.size < SILENT_FRAME_RMS**2))
+        if self.loudness_before is None and self._meter is not None:
+            self.loudness_before = self._meter.integrated()
+        return AudioStats(
+            samples=self.frames,
+            sample_rate=self.sample_rate or 0,
+            peak=self.peak,
+            rms=self.rms,
+            nan_count=self.nan_count,
+            clipped=self.clipped,
+            silent_frames=silent,
+            frames_20ms=len(power),
+            loudness_lufs=self.loudness_before,
+        )
+
     def close(self) -> None:
-        try:
-            if self._wav is not None:
-                self._wav.close()  # patches the header's sizes
-        finally:
-            self._wav = None
-            self._file.close()
+        if self._sf is not None:
+            self._sf.close()
+            self._sf = None
 
     def finish(self) -> EncodedFile:
-        """Close the file and describe it. Its hash needs the final header, so it is one
-        streaming read of the finished file (from the page cache), never the file in memory."""
-        if self._wav is None or self.sample_rate is None:
+        """Close the temporary WAV and transcode it into the job's format (loudness normalised
+        if asked), block by block, into a sibling file; describe that file. Its hash needs the
+        final header, so it is one streaming read of the finished file (from the page cache)."""
+        if not self._opened or self.sample_rate is None:
             raise ValueError("nothing to encode")
         rate = self.sample_rate
         self.close()
+        before = self.stats().loudness_lufs
+        peaks = self._peaks.values()
+        edges = np.minimum(np.arange(len(peaks) + 1) * self._peaks.size, self.frames)
+        gain, envelope = 1.0, None
+        if self.loudness is not None and before is not None:
+            gain = 10 ** ((self.loudness - before) / 20)
+            for _ in range(LIMITER_PASSES):
+                if not len(peaks) or float(peaks.max()) * gain <= 10 ** (CEILING_DBFS / 20):
+                    envelope = None
+                    break
+                envelope = limiter_gains(peaks, gain, self._peaks.size, rate)
+                # Limiting took loudness away: measure it (a read of the file, nothing
+                # written) and make up the shortfall where the limiter leaves room.
+                dry = LoudnessMeter(rate)
+                self._transcode(rate, gain, edges, envelope, dry, write=False)
+                short = self.loudness - (dry.integrated() or self.loudness)
+                if short < LIMITER_TOLERANCE_LU:
+                    break
+                gain *= 10 ** (short / 20)
+        self.output = self.path.with_name(f"{self.path.stem}-out.{self.fmt}")
+        after = LoudnessMeter(rate)
+        self._transcode(rate, gain, edges, envelope, after)
+        self.loudness_after = after.integrated()
         digest = hashlib.sha256()
         size = 0
-        with self.path.open("rb") as f:
+        with self.output.open("rb") as f:
             while block := f.read(1 << 20):
                 digest.update(block)
                 size += len(block)
         return EncodedFile(
-            path=self.path,
-            format="wav",
-            content_type="audio/wav",
+            path=self.output,
+            format=self.fmt,
+            content_type=content_type(self.fmt),
             sample_rate=rate,
             duration_s=round(self.frames / rate, 3),
             bytes=size,
             sha256=digest.hexdigest(),
+            bit_depth=self.bit_depth,
         )
+
+    def _transcode(
+        self,
+        rate: int,
+        gain: float,
+        edges: np.ndarray,
+        envelope: np.ndarray | None,
+        meter: LoudnessMeter,
+        *,
+        write: bool = True,
+    ) -> None:
+        import soundfile
+
+        sink = None
+        if write:
+            assert self.output is not None
+            sink = _Sink(self.output, self.fmt, rate, self.bit_depth)
+        try:
+            with soundfile.SoundFile(str(self.path), "r") as src:
+                pos = 0
+                for block in src.blocks(blocksize=TRANSCODE_BLOCK, dtype="float32"):
+                    y = np.clip(block, -1.0, 1.0)
+                    if gain != 1.0:
+                        y = y * np.float32(gain)
+                    if envelope is not None:
+                        where = np.arange(pos, pos + len(y))
+                        y = y * np.interp(where, edges, envelope).astype(np.float32)
+                    pos += len(y)
+                    meter.add(y)
+                    if sink is None:
+                        continue
+                    if gain != 1.0:
+                        self.output_peak = max(self.output_peak, float(np.max(np.abs(y))))
+                    sink.write(np.clip(y, -1.0, 1.0))
+        finally:
+            if sink is not None:
+                sink.close()
+        if gain == 1.0 and write:
+            self.output_peak = min(self.peak, 1.0)

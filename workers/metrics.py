@@ -50,3 +50,34 @@ SPEAKER_SIMILARITY = Histogram(
     ["engine"],
     buckets=(0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0),
 )
+# Quality of every result (workers/quality.py): measured before any loudness gain, except
+# loudness, which is the delivered file's.
+AUDIO_SILENCE_RATIO = Histogram(
+    "voicefarm_audio_silence_ratio",
+    "Share of a result's 20 ms frames quieter than -60 dBFS",
+    ["engine"],
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 0.9, 1.0),
+)
+AUDIO_CLIPPED_RATIO = Histogram(
+    "voicefarm_audio_clipped_ratio",
+    "Share of a result's samples at full scale",
+    ["engine"],
+    buckets=(0.0, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
+)
+AUDIO_CHARS_PER_SECOND = Histogram(
+    "voicefarm_audio_chars_per_second",
+    "Characters (markup left out) per second of a result, by script of the text",
+    ["engine", "script"],
+    buckets=(1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40),
+)
+AUDIO_LOUDNESS = Histogram(
+    "voicefarm_audio_loudness_lufs",
+    "Integrated loudness (ITU-R BS.1770) of a delivered result",
+    ["engine"],
+    buckets=(-40, -35, -30, -27, -24, -23, -20, -18, -16, -14, -12, -10, -5, 0),
+)
+QUALITY_FAILURES = Counter(
+    "voicefarm_quality_failures_total",
+    "Jobs failed by a quality check instead of delivering broken audio",
+    ["engine", "check"],
+)

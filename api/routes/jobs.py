@@ -15,6 +15,7 @@ from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep, json_respon
 from api.errors import responses
 from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDeliveryOut
 from api.submit import submit
+from core.engines import CONTENT_TYPES, DEFAULT_BIT_DEPTH, content_type
 from core.enums import JobStatus
 from core.errors import (
     AudioGone,
@@ -144,7 +145,12 @@ def cancel_job(
 @router.get(
     "/{job_id}/audio",
     responses={
-        200: {"content": {"audio/wav": {}}, "description": "The audio file"},
+        200: {
+            "content": {t: {} for t in CONTENT_TYPES.values()},
+            "description": "The audio file in the job's format (`Content-Type` per format; "
+            "`pcm` is `application/octet-stream`, raw little-endian signed mono samples, "
+            "described by `X-Audio-Sample-Rate`, `X-Audio-Bit-Depth` and `X-Audio-Encoding`)",
+        },
         307: {"description": "Redirect to a presigned S3 URL"},
         **responses(JobNotFound, AudioNotReady, AudioGone, StorageError),
     },
@@ -161,15 +167,18 @@ def get_audio(
     url, chunks = _open(storage, job.result_key, job_id)
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    return StreamingResponse(
-        chunks,
-        media_type="audio/wav",
-        headers={
-            "Content-Length": str(job.result_bytes),
-            "ETag": f'"{job.result_sha256}"',
-            "Content-Disposition": f'attachment; filename="{job_id}.{job.result_format}"',
-        },
-    )
+    fmt = job.result_format or "wav"
+    headers = {
+        "Content-Length": str(job.result_bytes),
+        "ETag": f'"{job.result_sha256}"',
+        "Content-Disposition": f'attachment; filename="{job_id}.{fmt}"',
+    }
+    if fmt == "pcm":
+        depth = job.bit_depth or DEFAULT_BIT_DEPTH
+        headers["X-Audio-Sample-Rate"] = str(job.result_sample_rate)
+        headers["X-Audio-Bit-Depth"] = str(depth)
+        headers["X-Audio-Encoding"] = f"s{depth}le"
+    return StreamingResponse(chunks, media_type=content_type(fmt), headers=headers)
 
 
 def _open(storage: Storage, key: str, job_id: uuid.UUID) -> tuple[str | None, Iterator[bytes]]:

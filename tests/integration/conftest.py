@@ -15,7 +15,7 @@ def worker(database: str, redis_client: object, log_dir: Path) -> Iterator[Proc]
     so it never takes another module's jobs."""
     proc = start_worker(
         log_dir,
-        "piper,tone,slow,fail,oomlong,empty,silent,clonetone",
+        "piper,tone,slow,fail,oomlong,empty,silent,clonetone,clipped,mostlysilent,nan",
         name="shared",
         env={
             "VOICEFARM_WEBHOOK_PROGRESS_SECONDS": "0",

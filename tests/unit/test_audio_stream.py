@@ -68,13 +68,13 @@ def test_temporary_writer_removes_its_file(tmp_path: Path) -> None:
     with WavFileWriter.temporary("wav", 16000) as writer:
         writer.add(_sine(300, 16000, 0.1))
         enc = writer.finish()
-        assert enc.path.exists() and enc.bytes > 44
-    assert not enc.path.exists()
+        assert enc.path.exists() and enc.bytes > 44 and writer.path.exists()
+    assert not enc.path.exists() and not writer.path.exists()
     with pytest.raises(RuntimeError), WavFileWriter.temporary("wav") as failing:
         raise RuntimeError("engine crashed mid-job")
     assert not failing.path.exists()
     with pytest.raises(ValueError):
-        WavFileWriter.temporary("mp3")
+        WavFileWriter.temporary("aiff")
 
 
 @pytest.mark.parametrize(("rate_in", "rate_out"), [(22050, 16000), (22050, 8000), (16000, 24000)])
