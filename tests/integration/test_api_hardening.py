@@ -276,8 +276,14 @@ def test_waiting_predict_calls_hold_no_threads_are_capped_and_stop_when_clients_
             async with httpx.AsyncClient(base_url=base, timeout=10) as probe:
                 assert (await probe.get("/healthz")).status_code == 200
                 assert (await probe.get("/readyz")).status_code == 200
-                listed = (await probe.get("/v1/jobs", params={"limit": 200})).json()["items"]
-            assert len(listed) == 50
+
+            def fifty() -> list[dict[str, Any]] | None:
+                # A caller counts as waiting from its slot on; its row may commit a moment later.
+                got = httpx.get(f"{base}/v1/jobs", params={"limit": 200}, timeout=10).json()
+                items: list[dict[str, Any]] = got["items"]
+                return items if len(items) == 50 else None
+
+            listed = await asyncio.to_thread(wait_until, fifty, 30, "the 50 waiting jobs")
             # One job ends (as a worker would finish it): exactly its caller wakes with the URL.
             done_id = listed[0]["id"]
             with get_engine(db).begin() as c:
