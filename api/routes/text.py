@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api.admission import check_markup
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, json_response
 from api.errors import responses
 from api.schemas import MarkupOut, SegmentOut, TextPreviewIn, TextPreviewOut
 from core.engines import catalog
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/text", tags=["text"])
     response_model=TextPreviewOut,
     responses=responses(MarkupInvalid, TextEmpty, TextTooLong, UnknownEngine),
 )
-def preview(body: TextPreviewIn, settings: SettingsDep, session: SessionDep) -> TextPreviewOut:
+def preview(body: TextPreviewIn, settings: SettingsDep, session: SessionDep) -> Response:
     """Preview the normalised text and the segments a job's text is synthesised in."""
     text = normalize(body.text)
     if len(text) > settings.max_text_chars:
@@ -36,7 +36,7 @@ def preview(body: TextPreviewIn, settings: SettingsDep, session: SessionDep) -> 
         raise UnknownEngine(f"engine {engine_name!r} is not available", field="engine")
     check_markup(text, spec)
     prepared = prepare(text, spec, settings.segment_max_chars, body.language)
-    return TextPreviewOut(
+    out = TextPreviewOut(
         normalized=prepared.normalized,
         segments=[SegmentOut(text=s, chars=len(s)) for s in prepared.segments],
         markup=[
@@ -49,3 +49,4 @@ def preview(body: TextPreviewIn, settings: SettingsDep, session: SessionDep) -> 
             for r in parse_markup(prepared.normalized)
         ],
     )
+    return json_response(out)
