@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from core.engines import AUDIO_FORMATS
 from db.models import Job, WebhookDelivery
 from db.session import get_sessionmaker
 from tests.fixtures.api import use_settings
@@ -55,7 +56,7 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"text": "a" * 5001}, 422, "text_too_long"),
     ({"text": "hi", "engine": "nope"}, 422, "unknown_engine"),
     ({"text": "hi", "voice": "nobody"}, 422, "unknown_voice"),
-    ({"text": "hi", "format": "mp3"}, 422, "unsupported_format"),
+    ({"text": "hi", "format": "aac"}, 422, "unsupported_format"),
     ({"text": "她[h][ào]干净"}, 422, "markup_invalid"),  # piper has no pinyin
     ({"text": "bad [QQ1]"}, 422, "markup_invalid"),
     ({"text": "hi", "webhook_url": "not-a-url"}, 422, "webhook_url_invalid"),
@@ -250,4 +251,4 @@ def test_engines_lists_piper_with_its_voice_and_markup(client: TestClient) -> No
     piper = engines["piper"]
     assert piper["default"] is True and piper["default_voice"] == "en_US-joe-medium"
     assert piper["voices"] == ["en_US-joe-medium"] and piper["markup"] == ["arpabet"]
-    assert piper["sample_rate"] == 22050 and piper["formats"] == ["wav"]
+    assert piper["sample_rate"] == 22050 and piper["formats"] == list(AUDIO_FORMATS)
