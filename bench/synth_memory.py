@@ -3,6 +3,7 @@ per segment, write each segment to a temporary WAV, upload the file) beside the 
 path (keep every segment, join, resample the whole signal, encode to bytes, upload the bytes).
 
     .venv/bin/python bench/synth_memory.py [--lengths 100,1000,5000] [--rate 16000]
+        [--format wav|flac|mp3|ogg|opus|pcm] [--loudness -16]
 
 Each (length, path) runs in a fresh process with the real Piper engine, so the process's peak
 RSS belongs to that run alone. Printed per run: RSS after the engine is loaded and warm, the
@@ -35,7 +36,9 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def child(chars: int, mode: str, rate: int | None) -> dict[str, float | int | str]:
+def child(
+    chars: int, mode: str, rate: int | None, fmt: str = "wav", loudness: float | None = None
+) -> dict[str, float | int | str]:
     from core.settings import Settings
     from core.storage import FileStorage
     from core.text import split_segments
@@ -46,41 +49,45 @@ def child(chars: int, mode: str, rate: int | None) -> dict[str, float | int | st
     settings = Settings()
     engine = PiperEngine(settings)
     engine.load("cpu", "fp32")
-    inp = JobInput("piper", None, None, text_of(chars), "wav", rate, 1.0)
+    inp = JobInput("piper", None, None, text_of(chars), fmt, rate, 1.0, loudness_target=loudness)
     segments = split_segments(inp.text, settings.segment_max_chars)
     # Warm up on a segment as long as any the job has: onnxruntime grows its arena to the
     # longest input it has seen, and that growth is the engine's, not the job's.
-    _synthesize_segment(engine, split_segments(text_of(5000), settings.segment_max_chars)[0], inp)
+    warm = split_segments(text_of(5000), settings.segment_max_chars)[0]
+    _synthesize_segment(engine, warm, inp, None)
     loaded = rss_mib()
     store = FileStorage(Path(tempfile.mkdtemp(prefix="voicefarm-bench-")))
     tracemalloc.start()
     t0 = time.perf_counter()
     if mode == "streaming":  # what tasks/synthesize.py does
-        with audio_ops.WavFileWriter.temporary(inp.format, inp.sample_rate) as writer:
+        with audio_ops.WavFileWriter.temporary(
+            inp.format, inp.sample_rate, loudness=inp.loudness_target
+        ) as writer:
             for segment in segments:
-                writer.add_all(_synthesize_segment(engine, segment, inp))
+                writer.add_all(_synthesize_segment(engine, segment, inp, None))
+            writer.stats()  # the quality figures, as the task takes them
             encoded = writer.finish()
-            store.put_file("jobs/bench/1.wav", encoded.path, encoded.content_type)
+            store.put_file(f"jobs/bench/1.{fmt}", encoded.path, encoded.content_type)
             audio_s, size = encoded.duration_s, encoded.bytes
     elif mode == "engine":  # the engine alone, audio dropped: what no audio path can avoid
         audio_s = size = 0
         for segment in segments:
-            audio_s += sum(a.duration_s for a in _synthesize_segment(engine, segment, inp))
+            audio_s += sum(a.duration_s for a in _synthesize_segment(engine, segment, inp, None))
     else:  # the path before streaming
         parts = []
         for segment in segments:
-            parts.extend(_synthesize_segment(engine, segment, inp))
+            parts.extend(_synthesize_segment(engine, segment, inp, None))
         joined = audio_ops.join(parts)
         if inp.sample_rate and inp.sample_rate != joined.sample_rate:
             joined = audio_ops.resample(joined, inp.sample_rate)
-        enc = audio_ops.encode(joined, inp.format)
+        enc = audio_ops.encode(joined, "wav")
         store.put("jobs/bench/1.wav", enc.data, enc.content_type)
         audio_s, size = enc.duration_s, len(enc.data)
     seconds = time.perf_counter() - t0
     _, traced_peak = tracemalloc.get_traced_memory()
     return {
         "chars": len(inp.text),
-        "mode": mode,
+        "mode": mode if mode != "streaming" else f"{fmt}{'' if loudness is None else '+lufs'}",
         "segments": len(segments),
         "audio_s": audio_s,
         "wav_mib": size / 2**20,
@@ -96,11 +103,14 @@ def main() -> None:
     parser.add_argument("--lengths", default="100,1000,5000")
     parser.add_argument("--rate", type=int, default=16000, help="0: the voice's own rate")
     parser.add_argument("--modes", default="engine,streaming,in-memory")
+    parser.add_argument("--format", default="wav", help="streaming path only")
+    parser.add_argument("--loudness", type=float, default=None, help="LUFS target (streaming)")
     parser.add_argument("--child", nargs=2, metavar=("CHARS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     rate = args.rate or None
     if args.child:
-        print(json.dumps(child(int(args.child[0]), args.child[1], rate)))
+        result = child(int(args.child[0]), args.child[1], rate, args.format, args.loudness)
+        print(json.dumps(result))
         return
     print(
         f"{'path':>9} {'chars':>5} {'segs':>4} {'audio_s':>7} {'wav MiB':>7} "
@@ -108,8 +118,20 @@ def main() -> None:
     )
     for mode in args.modes.split(","):
         for chars in (int(n) for n in args.lengths.split(",")):
+            extra = ["--format", args.format]
+            if args.loudness is not None:
+                extra += ["--loudness", str(args.loudness)]
             out = subprocess.run(
-                [sys.executable, __file__, "--rate", str(args.rate), "--child", str(chars), mode],
+                [
+                    sys.executable,
+                    __file__,
+                    "--rate",
+                    str(args.rate),
+                    *extra,
+                    "--child",
+                    str(chars),
+                    mode,
+                ],
                 check=True,
                 capture_output=True,
                 text=True,
