@@ -82,3 +82,22 @@ def test_rates_are_per_script_and_scale_with_speed() -> None:
     assert assess(_stats(5.0), mixed, 1.0, s).script == "mixed"
     # Short texts are not held to a rate.
     assert assess(_stats(30.0), "Hi.", 1.0, s).check is None
+
+
+def test_figures_and_failures_are_exported_as_metrics() -> None:
+    from prometheus_client import REGISTRY
+
+    from workers.quality import observe
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    text = "This sentence has a plausible number of letters for its audio."
+    before = value("voicefarm_audio_silence_ratio_count", engine="qtest")
+    failed = value("voicefarm_quality_failures_total", engine="qtest", check="clipped")
+    verdict = assess(_stats(4.0, clipped=6400), text, 1.0, Settings())
+    observe("qtest", verdict)
+    assert value("voicefarm_audio_silence_ratio_count", engine="qtest") == before + 1
+    assert value("voicefarm_quality_failures_total", engine="qtest", check="clipped") == failed + 1
+    cps = value("voicefarm_audio_chars_per_second_sum", engine="qtest", script="latin")
+    assert cps == pytest.approx(51 / 4, abs=0.01)
