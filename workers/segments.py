@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import uuid
-import wave
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -88,15 +87,18 @@ class SegmentStore:
         if not parts:
             return None
         audio = parts[0] if len(parts) == 1 else join(parts)
+        if not np.isfinite(audio.samples).all():
+            # Not kept: a resumed attempt must meet the same NaN and fail the same way.
+            return audio
         try:
-            self.storage.put(self.key(index, text), encode_pcm16(audio), "audio/wav")
+            self.storage.put(self.key(index, text), encode_segment(audio), "audio/wav")
         except Exception:
             log.warning("event=jobs.segment_keep_failed index=%d", index, exc_info=True)
         return audio
 
     def load(self, index: int, text: str) -> Audio | None:
         try:
-            return decode_pcm16(b"".join(self.storage.iter_bytes(self.key(index, text))))
+            return decode_segment(b"".join(self.storage.iter_bytes(self.key(index, text))))
         except Exception:
             log.warning("event=jobs.segment_read_failed index=%d", index, exc_info=True)
             return None
@@ -110,27 +112,23 @@ class SegmentStore:
         return removed
 
 
-def encode_pcm16(audio: Audio) -> bytes:
-    # The writer's own conversion, so a kept segment writes the bytes a fresh one would.
-    pcm = (np.clip(audio.samples, -1.0, 1.0) * 32767.0).astype("<i2")
+def encode_segment(audio: Audio) -> bytes:
+    """Float32 WAV: a kept segment comes back exactly as the engine made it, whatever the job's
+    final bit depth or loudness processing."""
+    import soundfile
+
     buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(audio.sample_rate)
-        w.writeframes(pcm.tobytes())
+    soundfile.write(buf, audio.samples.astype(np.float32), audio.sample_rate, "FLOAT", format="WAV")
     return buf.getvalue()
 
 
-def decode_pcm16(data: bytes) -> Audio:
-    with wave.open(io.BytesIO(data), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError("a kept segment is not 16-bit mono PCM")
-        rate = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    # Half a step towards the larger magnitude: writing it again truncates to the same integer.
-    scaled = (pcm.astype(np.float64) + np.sign(pcm) * 0.5) / 32767.0
-    return Audio(scaled.astype(np.float32), rate)
+def decode_segment(data: bytes) -> Audio:
+    import soundfile
+
+    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    if samples.shape[1] != 1:
+        raise ValueError("a kept segment is not mono")
+    return Audio(np.ascontiguousarray(samples[:, 0]), int(rate))
 
 
 @dataclass(frozen=True)
