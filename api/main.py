@@ -10,7 +10,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.auth import get_caller
-from api.routes import compat, engines, health, jobs, text, voices
+from api.routes import (
+    compat,
+    console,
+    engines,
+    events,
+    health,
+    jobs,
+    openai_speech,
+    text,
+    voices,
+)
 from api.security import BodyLimit
 from core.errors import TooManyAuthFailures, Unauthorized
 from core.logging import configure_logging
@@ -25,6 +35,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     waiter = getattr(app.state, "waiter", None)
     if waiter is not None:
         await waiter.close()
+    job_events = getattr(app.state, "job_events", None)
+    if job_events is not None:
+        await job_events.close()
 
 
 class HeadAsGet:
@@ -75,11 +88,16 @@ def create_app() -> FastAPI:
     auth = [Depends(get_caller)]
     refusals = errors.responses(Unauthorized, TooManyAuthFailures)
     app.include_router(health.router)
+    # Before jobs: `/v1/jobs/events` must not be read as a job id.
+    app.include_router(events.router, dependencies=auth)
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(engines.router, dependencies=auth, responses=refusals)
     app.include_router(voices.router, dependencies=auth)
     app.include_router(compat.router, dependencies=auth, responses=refusals)
     app.include_router(text.router, dependencies=auth, responses=refusals)
+    app.include_router(openai_speech.router, dependencies=auth, responses=refusals)
+    # The console's page and files are public; it calls the API with the key the user enters.
+    console.mount(app)
     return app
 
 

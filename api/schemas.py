@@ -293,3 +293,30 @@ class TextPreviewOut(BaseModel):
     normalized: str = Field(description="The text as the engine is given it.")
     segments: list[SegmentOut]
     markup: list[MarkupOut]
+
+
+class SpeechCreate(BaseModel):
+    """`POST /v1/audio/speech`, OpenAI's shape (api/routes/openai_speech.py)."""
+
+    # Fields newer OpenAI clients send that voicefarm has no use for are ignored, not refused.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(
+        ...,
+        min_length=1,
+        description="An engine name; `tts-1`, `tts-1-hd` and `gpt-4o-mini-tts` mean the default "
+        "engine.",
+    )
+    input: str = Field(..., min_length=1, description="The text to speak.")
+    voice: str | dict[str, str] = Field(
+        ...,
+        description="An engine's voice, a cloned voice's id (UUID, or `{\"id\": ...}`), or an "
+        "OpenAI voice name (`alloy`, `nova`, ...), which means the engine's default voice.",
+    )
+    response_format: str = Field(
+        "mp3", description="`mp3`, `opus`, `wav`, `flac` or `pcm` (24 kHz); `aac` is refused."
+    )
+    speed: float = Field(1.0, description="Speaking rate; the engine's range applies.")
+    instructions: str | None = Field(
+        None, description="A style instruction: instruct mode on engines that have it."
+    )
