@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     # Prepared voices a CosyVoice worker keeps loaded in the model (LRU).
     cosyvoice_loaded_voices: int = Field(64, ge=1)
     segment_max_chars: int = Field(400, ge=20)
+    # Progress (segments_done) is written to the job row at most this often; the lease keeper
+    # renews the lease meanwhile, so a job of short segments is not one UPDATE per segment.
+    progress_write_seconds: float = Field(0.75, ge=0)
+    # Cross-job micro-batching (tasks/batch.py): a synthesis worker whose engine batches claims
+    # up to this many in-flight jobs of one shape and runs their segments as one engine call.
+    # 1: off. Mates come from the dispatched jobs, so raise VOICEFARM_DISPATCH_AHEAD with it.
+    batch_max: int = Field(1, ge=1, le=64)
+    # How long a batch waits for its mates' next segments before it runs with fewer.
+    batch_window_ms: float = Field(15.0, ge=0)
     # Prepared voice prompts in Redis: entries larger than this stay in storage only; each
     # lives this long in Redis (storage keeps them behind it).
     prompt_cache_max_bytes: int = Field(32 * 1024 * 1024, ge=0)

@@ -107,6 +107,51 @@ def claim_job(
     return None if attempt is None else Claim(job_id, attempt, worker_id)
 
 
+def claim_mates(
+    session: Session, like: Job, worker_id: str, lease_seconds: float, limit: int
+) -> list[Claim]:
+    """Claim up to `limit` more jobs that one engine call can run with `like` (micro-batching,
+    tasks/batch.py): same engine, pool, preset voice, speed and mode, no cloned voice or
+    instruction. Only in-flight jobs (dispatched, so fair share already chose them), oldest
+    dispatch first, skipping rows another worker is claiming; their messages then claim nothing.
+    """
+    if limit <= 0:
+        return []
+    mates = (
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.queued.value,
+            Job.dispatched_at.is_not(None),
+            Job.engine == like.engine,
+            Job.pool == like.pool,
+            Job.voice.is_not_distinct_from(like.voice),
+            Job.speed == like.speed,
+            Job.mode == like.mode,
+            Job.voice_id.is_(None),
+            Job.instruction.is_(None),
+            Job.id != like.id,
+        )
+        .order_by(Job.dispatched_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(mates), Job.status == JobStatus.queued.value)
+        .values(
+            status=JobStatus.running.value,
+            attempts=Job.attempts + 1,
+            worker_id=worker_id,
+            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, func.now()),
+        )
+        .returning(Job.id, Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [Claim(r.id, r.attempts, worker_id) for r in rows]
+
+
 def heartbeat(
     session: Session,
     claim: Claim,
@@ -143,16 +188,27 @@ def _finish(
 
 
 def finish_success(
-    session: Session, claim: Claim, result: AudioResult, base_url: str
+    session: Session,
+    claim: Claim,
+    result: AudioResult,
+    base_url: str,
+    *,
+    segments_total: int | None = None,
 ) -> list[str] | None:
-    """running -> succeeded; None if the fence failed (the caller should delete its upload)."""
+    """running -> succeeded; None if the fence failed (the caller should delete its upload).
+    `segments_total`: the job's segment count, for a job whose progress was never written."""
+    done: Any = func.coalesce(Job.segments_total, Job.segments_done)
+    extra: dict[str, Any] = {}
+    if segments_total is not None:
+        done = extra["segments_total"] = segments_total
     return _finish(
         session,
         claim,
         WebhookEvent.succeeded,
         base_url,
         status=JobStatus.succeeded.value,
-        segments_done=func.coalesce(Job.segments_total, Job.segments_done),
+        segments_done=done,
+        **extra,
         error_code=None,
         error_message=None,
         result_key=result.key,

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from core.storage import Storage
+    from db.models import Job
     from workers.audio import WavFileWriter
     from workers.engines.base import Audio, Engine, PreparedVoice
     from workers.prompt_cache import VoiceRef
@@ -75,6 +76,8 @@ class JobInput:
     # Output options: PCM bit depth (wav, flac, pcm) and a loudness target in LUFS.
     bit_depth: int | None = None
     loudness_target: float | None = None
+    # Whether the job has a webhook: started/progress events are only written for those.
+    webhook: bool = False
 
 
 class Stopped(Exception):
@@ -102,6 +105,15 @@ class LeaseKeeper:
         self.thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
         self.deadline = time.monotonic() + settings.job_deadline_seconds
         self.progress_sent_at = time.monotonic()
+        # When segments_done was last written (None: never), and whether this attempt found or
+        # stored kept segments (only multi-segment jobs keep any).
+        self.progress_written_at: float | None = None
+        self.segments_kept = True
+        # Seconds per phase of this attempt, logged as `jobs.timings` (bench/efficiency.py).
+        self.phases: dict[str, float] = {}
+
+    def timed(self, phase: str, since: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - since
 
     def __enter__(self) -> LeaseKeeper:
         self.thread.start()
@@ -192,42 +204,91 @@ def _wait_for_database(rt: Runtime, job_id: str, exc: BaseException) -> None:
 
 def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
     settings = rt.settings
-    base = settings.public_base_url
+    c0 = time.perf_counter()
     with session_scope(settings.database_url) as s:
         claim = q.claim_job(s, job_id, rt.worker_id, settings.lease_seconds)
         if claim is None:
             log.info("event=jobs.claim.skipped job=%s reason=not_queued", job_id)
             return
         job = q.get_job(s, job_id)
-        inp = JobInput(
-            job.engine,
-            job.voice,
-            job.instruction,
-            job.text,
-            job.format,
-            job.sample_rate,
-            job.speed,
-            job.mode,
-            job.language,
-            job.voice_id,
-            job.tenant_id,
-            subtitles=job.subtitles,
-            bit_depth=job.bit_depth,
-            loudness_target=job.loudness_target,
-        )
-        # A release keeps its error code on the row until the next finish: this says whether an
-        # earlier attempt of this job already took a worker down with CUDA OOM.
-        oomed_before = job.error_code == ErrorCode.out_of_memory.value
-        deliveries = q.started_event(s, claim, base)
-        after_commit(s, lambda: send_webhooks(deliveries))
+        claimed = [_claimed(s, settings, claim, job)]
+        size = _batch_size(rt, job)
+        if size > 1:
+            # Micro-batching (tasks/batch.py): in-flight jobs of the same shape join this one.
+            for mate in q.claim_mates(s, job, rt.worker_id, settings.lease_seconds, size - 1):
+                claimed.append(_claimed(s, settings, mate, q.get_job(s, mate.job_id)))
         # The claim freed a slot in the queue: publish the next job in fair-share order now,
         # not at the next reconcile.
         after_commit(s, functools.partial(_dispatch, settings, job.engine, job.pool))
+    claim_s = time.perf_counter() - c0
+    if len(claimed) == 1:
+        run_claimed_job(rt, *claimed[0], claim_s=claim_s)
+        return
+    from tasks.batch import run_batch
+
+    run_batch(rt, claimed, claim_s)
+
+
+def _batch_size(rt: Runtime, job: Job) -> int:
+    """How many jobs to run together with `job`: 1 unless batching is on and its engine
+    batches (only preset voices: a cloned voice's prompt is per job)."""
+    if rt.settings.batch_max <= 1 or job.voice_id is not None or job.instruction is not None:
+        return 1
+    engine = rt.engines.get(job.engine)
+    return min(rt.settings.batch_max, getattr(engine, "max_batch", 1))
+
+
+def _claimed(
+    s: Session, settings: Settings, claim: q.Claim, job: Job
+) -> tuple[q.Claim, JobInput, bool]:
+    """The job's inputs, whether an earlier attempt took a worker down with CUDA OOM, and its
+    `job.started` event (jobs with a webhook only)."""
+    inp = JobInput(
+        job.engine,
+        job.voice,
+        job.instruction,
+        job.text,
+        job.format,
+        job.sample_rate,
+        job.speed,
+        job.mode,
+        job.language,
+        job.voice_id,
+        job.tenant_id,
+        subtitles=job.subtitles,
+        bit_depth=job.bit_depth,
+        loudness_target=job.loudness_target,
+        webhook=bool(job.webhook_url),
+    )
+    # A release keeps its error code on the row until the next finish: this says whether an
+    # earlier attempt of this job already took a worker down with CUDA OOM.
+    oomed_before = job.error_code == ErrorCode.out_of_memory.value
+    if inp.webhook:
+        deliveries = q.started_event(s, claim, settings.public_base_url)
+        after_commit(s, lambda: send_webhooks(deliveries))
+    return claim, inp, oomed_before
+
+
+def run_claimed_job(
+    rt: Runtime,
+    claim: q.Claim,
+    inp: JobInput,
+    oomed_before: bool,
+    *,
+    claim_s: float = 0.0,
+    engine: Engine | None = None,
+) -> None:
+    """Synthesize, store and finish one claimed job; every outcome is a fenced write. `engine`
+    overrides the runtime's (a batch's shared engine call, tasks/batch.py)."""
+    settings = rt.settings
+    job_id = claim.job_id
     log.info("event=jobs.claimed job=%s attempt=%d worker=%s", job_id, claim.attempt, rt.worker_id)
     t0 = time.perf_counter()
+    keeper = LeaseKeeper(settings, claim)
+    keeper.phases["claim"] = claim_s
     try:
-        with LeaseKeeper(settings, claim) as keeper:
-            _run_claimed(rt, claim, inp, t0, keeper)
+        with keeper:
+            _run_claimed(rt, claim, inp, t0, keeper, engine)
     except Stopped:
         log.info("event=jobs.stopped job=%s attempt=%d", job_id, claim.attempt)
     except DeviceUnhealthy as exc:
@@ -247,7 +308,8 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
                 _release(settings, claim, inp, ErrorCode.out_of_memory.value, str(exc))
                 _metrics_finished(inp.engine, "oom")
         finally:
-            _drop_segments_if_ended(settings, claim, inp)
+            if keeper.segments_kept:
+                _drop_segments_if_ended(settings, claim, inp)
             log.error("event=worker.device_unhealthy job=%s exiting for a restart", job_id)
             # Exit so the supervisor restarts the process with a clean CUDA context, even when
             # the database write failed: the lease then expires and the reconciler takes over.
@@ -260,11 +322,17 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
         log.exception("event=jobs.engine_error job=%s attempt=%d", job_id, claim.attempt)
         _release(settings, claim, inp, ErrorCode.engine_error.value, f"{type(exc).__name__}: {exc}")
     # Succeeded, failed, canceled or spent: the kept segments go; re-queued: they stay.
-    _drop_segments_if_ended(settings, claim, inp)
+    if keeper.segments_kept:
+        _drop_segments_if_ended(settings, claim, inp)
 
 
 def _run_claimed(
-    rt: Runtime, claim: q.Claim, inp: JobInput, t0: float, keeper: LeaseKeeper
+    rt: Runtime,
+    claim: q.Claim,
+    inp: JobInput,
+    t0: float,
+    keeper: LeaseKeeper,
+    engine: Engine | None = None,
 ) -> None:
     from workers import audio as audio_ops
 
@@ -273,7 +341,7 @@ def _run_claimed(
     with audio_ops.WavFileWriter.temporary(
         inp.format, inp.sample_rate, bit_depth=inp.bit_depth, loudness=inp.loudness_target
     ) as writer:
-        _synthesize_and_store(rt, claim, inp, t0, keeper, writer)
+        _synthesize_and_store(rt, claim, inp, t0, keeper, writer, engine)
 
 
 def _synthesize_and_store(
@@ -283,11 +351,13 @@ def _synthesize_and_store(
     t0: float,
     keeper: LeaseKeeper,
     writer: WavFileWriter,
+    engine: Engine | None = None,
 ) -> None:
+    from workers.audio import join
     from workers.segments import add_timed
 
     settings = rt.settings
-    engine = rt.engine(inp.engine)
+    engine = engine or rt.engine(inp.engine)
     prompt, cloned = None, None
     if inp.voice_id is not None:
         with session_scope(settings.database_url) as s:
@@ -296,7 +366,10 @@ def _synthesize_and_store(
         prompt = rt.prompts().prepared(engine, cloned)
     segments = prepare(inp.text, engine.spec, settings.segment_max_chars, inp.language).segments
     store = _segment_store(settings, claim, inp)
-    kept = store.kept(segments)
+    # Only a job of several segments keeps them: a 1-segment job has nothing to resume.
+    keeping = len(segments) > 1
+    kept = store.kept(segments) if keeping else set()
+    keeper.segments_kept = keeping
     if kept:
         log.info(
             "event=jobs.resumed job=%s attempt=%d kept=%d of=%d",
@@ -306,7 +379,16 @@ def _synthesize_and_store(
             len(segments),
         )
     first_missing = next((i for i in range(len(segments)) if i not in kept), len(segments))
-    _beat(rt, claim, keeper, done=first_missing, total=len(segments), started=t0, segments=segments)
+    _beat(
+        rt,
+        claim,
+        keeper,
+        done=first_missing,
+        total=len(segments),
+        started=t0,
+        segments=segments,
+        webhook=inp.webhook,
+    )
     synth_seconds = 0.0
     timings: list[Timing] = []
     for i, segment in enumerate(segments):
@@ -323,12 +405,31 @@ def _synthesize_and_store(
         audio = store.load(i, segment) if i in kept else None
         if audio is None:
             s0 = time.perf_counter()
-            audio = store.save(i, segment, _synthesize_segment(engine, segment, inp, prompt))
+            parts = _synthesize_segment(engine, segment, inp, prompt)
             synth_seconds += time.perf_counter() - s0
+            k0 = time.perf_counter()
+            if keeping:
+                audio = store.save(i, segment, parts)
+            elif parts:
+                audio = parts[0] if len(parts) == 1 else join(parts)
+            keeper.timed("keep", k0)
+        w0 = time.perf_counter()
         timings.append(add_timed(writer, i, segment, audio))
+        keeper.timed("write", w0)
         if i + 1 >= first_missing:
-            _beat(rt, claim, keeper, done=i + 1, total=len(segments), started=t0, segments=segments)
+            _beat(
+                rt,
+                claim,
+                keeper,
+                done=i + 1,
+                total=len(segments),
+                started=t0,
+                segments=segments,
+                webhook=inp.webhook,
+            )
 
+    keeper.phases["synthesize"] = synth_seconds
+    q0 = time.perf_counter()
     silence = writer.silence()
     if silence is not None:
         # A 0-frame or silent WAV is not a success: fail (fenced) and store nothing.
@@ -354,14 +455,19 @@ def _synthesize_and_store(
             verdict.check,
         )
         return
+    keeper.timed("quality", q0)
+    e0 = time.perf_counter()
     encoded = writer.finish()
     quality = _finish_quality(inp, writer, verdict, _quality(inp.engine, cloned, writer.path))
+    keeper.timed("encode", e0)
     key = job_audio_key(str(inp.tenant_id), str(claim.job_id), claim.attempt, encoded.format)
     storage = get_storage(settings)
     u0 = time.perf_counter()
     storage.put_file(key, encoded.path, encoded.content_type)
     timings_key, subtitles_key = _store_timings(storage, claim, inp, timings)
     upload_seconds = time.perf_counter() - u0
+    keeper.phases["upload"] = upload_seconds
+    f0 = time.perf_counter()
     result = q.AudioResult(
         key,
         encoded.format,
@@ -374,13 +480,16 @@ def _synthesize_and_store(
         subtitles_key=subtitles_key,
     )
     with session_scope(settings.database_url) as s:
-        deliveries = q.finish_success(s, claim, result, settings.public_base_url)
+        deliveries = q.finish_success(
+            s, claim, result, settings.public_base_url, segments_total=len(segments)
+        )
         if deliveries is None:
             after_commit(s, lambda: _delete_all(storage, key, timings_key, subtitles_key))
         else:
             after_commit(s, lambda: send_webhooks(deliveries))
     if deliveries is None:
         raise Stopped()
+    keeper.timed("finish", f0)
     rt.beat()
     _observe(
         inp.engine,
@@ -396,6 +505,14 @@ def _synthesize_and_store(
         claim.attempt,
         encoded.duration_s,
         synth_seconds / max(encoded.duration_s, 1e-6),
+    )
+    # One line per job with where its time went (ms), for bench/efficiency.py.
+    log.info(
+        "event=jobs.timings job=%s segments=%d total_ms=%.1f %s",
+        claim.job_id,
+        len(segments),
+        (time.perf_counter() - t0 + keeper.phases.get("claim", 0.0)) * 1000,
+        " ".join(f"{k}_ms={v * 1000:.1f}" for k, v in sorted(keeper.phases.items())),
     )
 
 
@@ -558,6 +675,7 @@ def _beat(
     total: int,
     started: float,
     segments: list[str],
+    webhook: bool = False,
 ) -> None:
     settings = rt.settings
     # The heartbeat is in `time.monotonic()` (host-wide; `started` is this process's
@@ -572,20 +690,36 @@ def _beat(
         budget = settings.worker_hang_seconds + len(segments[done]) * per_char
         busy_until = min(now + budget, job_started + settings.job_deadline_seconds)
     rt.beat(str(claim.job_id), job_started, phase="segment", busy_until=busy_until)
-    with session_scope(settings.database_url) as s:
-        alive = q.heartbeat(
-            s, claim, settings.lease_seconds, segments_done=done, segments_total=total
-        )
-        now = time.monotonic()
-        if (
-            alive
-            and 0 < done < total
-            and (now - keeper.progress_sent_at >= settings.webhook_progress_seconds)
-        ):
-            keeper.progress_sent_at = now
-            deliveries = q.progress_event(s, claim, settings.public_base_url)
-            after_commit(s, lambda: send_webhooks(deliveries))
-    if not alive or keeper.lost.is_set():
+    # Progress is written at most every VOICEFARM_PROGRESS_WRITE_SECONDS, and never for a job
+    # of one segment (claim and finish are its only writes); the lease keeper renews the lease
+    # meanwhile. A cancel (or a lost lease) is seen at the first segment boundary after a write
+    # or a renewal, so at most that much later than with a write per segment.
+    last = keeper.progress_written_at
+    event_due = (
+        webhook
+        and 0 < done < total
+        and now - keeper.progress_sent_at >= settings.webhook_progress_seconds
+    )
+    if total > 1 and (last is None or now - last >= settings.progress_write_seconds or event_due):
+        b0 = time.perf_counter()
+        with session_scope(settings.database_url) as s:
+            alive = q.heartbeat(
+                s, claim, settings.lease_seconds, segments_done=done, segments_total=total
+            )
+            now = keeper.progress_written_at = time.monotonic()
+            if (
+                alive
+                and webhook
+                and 0 < done < total
+                and (now - keeper.progress_sent_at >= settings.webhook_progress_seconds)
+            ):
+                keeper.progress_sent_at = now
+                deliveries = q.progress_event(s, claim, settings.public_base_url)
+                after_commit(s, lambda: send_webhooks(deliveries))
+        keeper.timed("progress", b0)
+        if not alive:
+            raise Stopped()
+    if keeper.lost.is_set():
         raise Stopped()
 
 

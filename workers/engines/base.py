@@ -104,6 +104,10 @@ class EngineBase:
     """Shared defaults for engines that don't clone voices."""
 
     spec: EngineSpec
+    # How many requests one `synthesize` call runs together (cross-job micro-batching,
+    # tasks/batch.py); 1: the engine takes them one by one and the worker never batches it.
+    # Engines without the attribute count as 1.
+    max_batch: int = 1
 
     @property
     def name(self) -> str:

@@ -7,6 +7,7 @@ phonemes Piper's espeak front end takes as raw `[[ ... ]]` input.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from pathlib import Path
@@ -27,6 +28,7 @@ ARPABET_TO_IPA = {
     "UH": "ʊ", "UW": "uː", "V": "v", "W": "w", "Y": "j", "Z": "z", "ZH": "ʒ",
 }  # fmt: skip
 _STRESS = {"1": "ˈ", "2": "ˌ", "0": ""}
+log = logging.getLogger("voicefarm.engines.piper")
 
 
 def arpabet_to_ipa(tokens: tuple[str, ...]) -> str:
@@ -65,6 +67,10 @@ class PiperEngine(EngineBase):
     def __init__(self, settings: Settings) -> None:
         self.voice_path = settings.piper_voice or bundled_voice_path()
         self._voice: Any = None
+        self._batch_max = settings.batch_max
+        # A second session of the same model that returns each item's length (piper_batch.py);
+        # built only when batching is on.
+        self._batch_session: Any = None
         # onnxruntime sessions are thread-safe for run(); espeak's phonemizer is not.
         self._lock = threading.Lock()
 
@@ -73,12 +79,24 @@ class PiperEngine(EngineBase):
 
         self._voice = PiperVoice.load(self.voice_path, use_cuda=device == "cuda")
         self.sample_rate = int(self._voice.config.sample_rate)
+        if self._batch_max > 1:
+            from workers.engines.piper_batch import batch_session
+
+            try:
+                providers = self._voice.session.get_providers()
+                self._batch_session = batch_session(str(self.voice_path), providers)
+                self.max_batch = self._batch_max
+            except Exception:
+                log.warning("event=engine.piper_batch_unavailable voice=%s", self.voice_path,
+                            exc_info=True)  # fmt: skip
 
     def synthesize(self, batch: list[SegmentRequest]) -> list[Audio]:
         from piper import SynthesisConfig
 
         if self._voice is None:
             raise RuntimeError("PiperEngine.load() was not called")
+        if len(batch) > 1 and self._batch_session is not None:
+            return self._synthesize_batched(batch)
         out = []
         for req in batch:
             if req.voice not in (None, PIPER_BUNDLED_VOICE):
@@ -90,3 +108,30 @@ class PiperEngine(EngineBase):
             samples = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.float32)
             out.append(Audio(samples.astype(np.float32), self.sample_rate))
         return out
+
+    def _synthesize_batched(self, batch: list[SegmentRequest]) -> list[Audio]:
+        """The requests' sentences through one session.run per group (piper_batch.py); the
+        same audio, to rounding, as one request at a time."""
+        from workers.engines.piper_batch import Sentence, run_sentences
+
+        cfg = self._voice.config
+        speaker = cfg.default_speaker_id if cfg.num_speakers > 1 else None
+        sentences: list[Sentence] = []
+        for n, req in enumerate(batch):
+            if req.voice not in (None, PIPER_BUNDLED_VOICE):
+                raise RequestRejected(f"piper voice {req.voice!r} is not loaded")
+            scales = (cfg.noise_scale, 1.0 / max(req.speed, 0.1), cfg.noise_w_scale)
+            with self._lock:
+                phonemes = self._voice.phonemize(to_piper_text(req.text))
+            for sentence in phonemes:
+                if sentence:
+                    ids = self._voice.phonemes_to_ids(sentence)
+                    sentences.append(Sentence(n, ids, scales, speaker))
+        audio = run_sentences(self._batch_session, sentences, self.max_batch, cfg.hop_length)
+        per_request: list[list[np.ndarray]] = [[] for _ in batch]
+        for sentence, samples in zip(sentences, audio, strict=True):
+            per_request[sentence.request].append(samples)
+        return [
+            Audio(np.concatenate(a) if a else np.zeros(0, dtype=np.float32), self.sample_rate)
+            for a in per_request
+        ]
