@@ -15,6 +15,7 @@ from api.modes import choose
 from api.schemas import JobCreate
 from core.engines import (
     BIT_DEPTHS,
+    BUILTIN,
     DEFAULT_BIT_DEPTH,
     LOUDNESS_RANGE_LUFS,
     OPUS_SAMPLE_RATES,
@@ -27,6 +28,7 @@ from core.errors import (
     UnknownEngine,
     UnknownVoice,
     UnsupportedFormat,
+    UnsupportedMode,
     ValidationFailed,
 )
 from core.settings import Settings
@@ -136,8 +138,13 @@ def admit(
             "Split it into several jobs.",
             field="text",
         )
-    engines = catalog(settings, registered_specs(session))
     engine_name = body.engine or settings.default_engine
+    # A built-in engine's capabilities are its class's (catalog() never lets a registration
+    # override them): no query for the common case. Extra engines read what workers registered.
+    engines = catalog(settings)
+    builtin = engine_name in BUILTIN and engines.get(engine_name) is BUILTIN[engine_name]
+    if not builtin:
+        engines = catalog(settings, registered_specs(session))
     spec = engines.get(engine_name)
     if spec is None:
         raise UnknownEngine(
@@ -154,7 +161,14 @@ def admit(
             f"choose one of {sorted(spec.voices)}",
             field="voice",
         )
-    speaking = choose(session, body, spec, engines, settings, tenant_id)
+    try:
+        speaking = choose(session, body, spec, engines, settings, tenant_id)
+    except UnsupportedMode:
+        if not builtin:
+            raise
+        # The refusal names the engines that have the mode: those need the registered specs.
+        engines = catalog(settings, registered_specs(session))
+        speaking = choose(session, body, spec, engines, settings, tenant_id)
     if body.format not in spec.formats:
         raise UnsupportedFormat(
             f"format {body.format!r} is not supported; choose one of {list(spec.formats)}",

@@ -1,9 +1,11 @@
 """Per-tenant limits, checked at admission before anything is written.
 
-Each check locks the tenant's row (`SELECT ... FOR UPDATE`) and then counts in PostgreSQL, inside
-the request's transaction: the lock is held until the request commits its new row, so N parallel
-requests from one tenant are counted one after another and cannot overshoot, whichever API
-process serves them. A refusal raises before any write; the request's rollback releases the lock.
+Each check of a tenant with a limit locks the tenant's row (`SELECT ... FOR UPDATE`) and then
+counts in PostgreSQL, inside the request's transaction: the lock is held until the request
+commits its new row, so N parallel requests from one tenant are counted one after another and
+cannot overshoot, whichever API process serves them (and that tenant's admissions run one commit
+at a time). A tenant with no limit at all is not locked. A refusal raises before any write; the
+request's rollback releases the lock.
 
 Limits: a tenant's own value (tenants table), else the farm's `VOICEFARM_TENANT_*`; 0 or None is
 unlimited. "Active jobs" are queued + running ones (the issue's "concurrent running jobs",
@@ -42,7 +44,17 @@ def _name(tenant: Tenant | None, tenant_id: uuid.UUID) -> str:
 
 def check_job(session: Session, settings: Settings, tenant_id: uuid.UUID, chars: int) -> None:
     """Refuse (429 quota_exceeded) a job the tenant's limits do not leave room for."""
-    tenant = q.lock_tenant(session, tenant_id)
+    tenant = q.get_tenant(session, tenant_id)
+    active = _limit(tenant, "max_running", settings.tenant_max_active_jobs)
+    per_minute = _limit(tenant, "jobs_per_minute", settings.tenant_jobs_per_minute)
+    per_day = _limit(tenant, "chars_per_day", settings.tenant_chars_per_day)
+    if not (active or per_minute or per_day):
+        # Nothing to count, so nothing to serialise: a tenant without limits is not locked, and
+        # its admissions commit in parallel (PostgreSQL groups their WAL flushes). Locked, they
+        # were one commit (one fsync) at a time: about 90 jobs/s whatever the clients or API
+        # processes (docs/BENCHMARKS.md, Admission).
+        return
+    tenant = q.lock_tenant(session, tenant_id)  # re-read under the lock: limits may have moved
     who = _name(tenant, tenant_id)
     active = _limit(tenant, "max_running", settings.tenant_max_active_jobs)
     if active:

@@ -15,9 +15,10 @@ from core.errors import IdempotencyConflict
 from core.settings import Settings
 from core.webhooks import check_webhook_url
 from db import jobs as q
-from db.models import Job
+from db.dispatch import QueueKey
+from db.models import Job, Tenant
 from db.session import after_commit, rollback
-from tasks.dispatch import dispatch
+from tasks.dispatch import dispatch_after_admission
 from tasks.send import send_webhooks
 
 
@@ -42,6 +43,9 @@ def submit(
         existing = q.find_by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), True
+    # Held for the request: pool_for and the quota check then read the tenant from the session's
+    # (weak) identity map, one query instead of two.
+    tenant = session.get(Tenant, tenant_id)
     job = admit(session, body, settings, tenant_id)
     # Limits last, just before the insert: the tenant row stays locked until the commit.
     quotas.check_job(session, settings, tenant_id, len(job.text))
@@ -59,10 +63,15 @@ def submit(
     # Published in its tenant's turn when its queue has room (fair share, tasks/dispatch.py).
     after_commit(
         session,
-        lambda: dispatch(settings.database_url, job.engine, job.pool, settings.dispatch_ahead),
+        lambda: dispatch_after_admission(
+            settings.database_url,
+            QueueKey(job.engine, job.pool, job.priority),
+            settings.dispatch_ahead,
+        ),
     )
     after_commit(session, lambda: send_webhooks(deliveries))
     after_commit(session, lambda: JOBS_SUBMITTED.labels(job.engine, caller.tenant_name).inc())
+    del tenant
     return job, False
 
 

@@ -93,6 +93,23 @@ def flower_spec(settings: Settings, state: Path) -> ChildSpec:
     )
 
 
+def api_argv(settings: Settings) -> list[str]:
+    """uvicorn serving the API with `VOICEFARM_API_WORKERS` processes. uvicorn imports the app
+    in each worker after the fork, so pools and clients are per process (house rule 5)."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        settings.api_host,
+        "--port",
+        str(settings.api_port),
+        "--workers",
+        str(settings.api_workers),
+    ]
+
+
 def run_farm() -> int:
     """Everything on one machine, in the foreground; Ctrl-C (or SIGTERM) stops every process."""
     from workers.supervisor import ChildSpec, Supervisor, celery_argv
@@ -110,19 +127,7 @@ def run_farm() -> int:
     state.mkdir(parents=True, exist_ok=True)
     exe = sys.executable
     specs = [
-        ChildSpec(
-            "api",
-            [
-                exe,
-                "-m",
-                "uvicorn",
-                "api.main:app",
-                "--host",
-                settings.api_host,
-                "--port",
-                str(settings.api_port),
-            ],
-        ),
+        ChildSpec("api", api_argv(settings)),
         # Longer than the inner supervisor's own grace, so it can stop its children cleanly.
         ChildSpec("workers", [exe, "-m", "cli.main", "workers"], stop_grace=30.0),
         ChildSpec(

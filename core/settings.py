@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # HTTP API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # uvicorn worker processes for the API (`voicefarm farm`, make run, containers). Each has
+    # its own DB pool, broker pool and JobWaiter (so VOICEFARM_PREDICT_MAX_WAITING is per
+    # process); all are made after the fork (house rule 5).
+    api_workers: int = Field(2, ge=1, le=64)
     public_base_url: str = "http://127.0.0.1:8000"
     flower_port: int = 5555
     # Flower's own /metrics answers without auth: keep it on loopback unless a container

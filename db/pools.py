@@ -35,7 +35,9 @@ def pool_for(session: Session, tenant_id: uuid.UUID, voice_id: uuid.UUID | None)
         pinned = session.scalar(select(Voice.pool).where(Voice.id == voice_id))
         if pinned:
             return pinned
-    return session.scalar(select(Tenant.pool).where(Tenant.id == tenant_id)) or DEFAULT_POOL
+    # session.get: the quota check that follows reads the same row from the identity map.
+    tenant = session.get(Tenant, tenant_id)
+    return (tenant.pool if tenant is not None else None) or DEFAULT_POOL
 
 
 def pin_voice(session: Session, voice_id: uuid.UUID, pool: str | None) -> None:

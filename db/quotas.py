@@ -16,6 +16,11 @@ from db.models import Job, Tenant, Voice
 WINDOW = timedelta(seconds=60)
 
 
+def get_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
+    """The tenant row, unlocked (its limits: whether there is anything to lock for)."""
+    return session.get(Tenant, tenant_id)
+
+
 def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
     """The tenant row, locked FOR UPDATE until the caller's transaction ends."""
     return session.scalar(

@@ -12,6 +12,7 @@ Imports nothing from workers/: the API calls this too.
 from __future__ import annotations
 
 import logging
+import threading
 
 from core.enums import Priority
 from db import dispatch as d
@@ -78,3 +79,57 @@ def publish(database_url: str, jobs: list[q.Redispatch]) -> int:
             f"({type(exc).__name__}: {exc})"
         ) from exc
     return sent
+
+
+# Admission's dispatch, coalesced per process. Under load every request used to run its own
+# dispatch transaction after its commit, and they queued on the same advisory lock; one pass
+# that starts after a commit covers every job committed before it. So a request whose queue is
+# being filled by another thread of this process right now only marks it dirty, and that thread
+# runs one more pass. The thread that runs passes is a request's (a lone request dispatches its
+# job before answering, as before); past a few passes it hands the rest to a short-lived thread
+# so no request waits on others' jobs. A process that dies with a dirty mark leaves the jobs to
+# the reconciler, as a crash between commit and dispatch always did.
+_PASSES_IN_REQUEST = 4
+_lock = threading.Lock()
+_running: set[tuple[str, d.QueueKey, int]] = set()
+_dirty: set[tuple[str, d.QueueKey, int]] = set()
+
+
+def dispatch_after_admission(database_url: str, key: d.QueueKey, ahead: int) -> None:
+    """Fill the one queue an admitted job went to (the others did not change), coalesced."""
+    token = (database_url, key, ahead)
+    with _lock:
+        if token in _running:
+            _dirty.add(token)
+            return
+        _running.add(token)
+    _passes(token, _PASSES_IN_REQUEST)
+
+
+def _passes(token: tuple[str, d.QueueKey, int], limit: int | None) -> None:
+    database_url, key, ahead = token
+    done = 0
+    try:
+        while True:
+            with _lock:
+                _dirty.discard(token)  # a commit after this point is seen by the pass below
+            dispatch_queues(database_url, [key], ahead)
+            done += 1
+            with _lock:
+                if token not in _dirty:
+                    _running.discard(token)
+                    return
+                if limit is not None and done >= limit:
+                    break
+    except BaseException:
+        with _lock:
+            _running.discard(token)
+        raise
+    threading.Thread(target=_drain, args=(token,), name="dispatch-drain", daemon=True).start()
+
+
+def _drain(token: tuple[str, d.QueueKey, int]) -> None:
+    try:
+        _passes(token, None)
+    except Exception:
+        log.warning("event=dispatch.drain_failed (the reconciler retries)", exc_info=True)
