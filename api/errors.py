@@ -18,6 +18,7 @@ from starlette.types import Scope
 from api.schemas import ErrorBody
 from core.errors import (
     AudioMissing,
+    BatchInvalid,
     InvalidCursor,
     ServiceUnavailable,
     TextEmpty,
@@ -91,6 +92,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(VoicefarmError)
     async def _voicefarm(_: Request, exc: VoicefarmError) -> JSONResponse:
         body = _body(exc.code, exc.message, exc.field)
+        if isinstance(exc, BatchInvalid):
+            body["error"]["items"] = exc.items
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers())
 
     @app.exception_handler(OperationalError)

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import errors
 from api.auth import get_caller
 from api.routes import (
+    batches,
     compat,
     console,
     engines,
@@ -20,6 +21,7 @@ from api.routes import (
     openai_speech,
     text,
     voices,
+    webhook_ops,
 )
 from api.security import BodyLimit
 from core.errors import TooManyAuthFailures, Unauthorized
@@ -79,6 +81,7 @@ def create_app() -> FastAPI:
             # An inline prompt recording travels base64-encoded in the JSON body.
             "/api/predict": voices.upload_body_limit(settings) * 4 // 3,
             "/api/predict/": voices.upload_body_limit(settings) * 4 // 3,
+            "/v1/batches": settings.batch_max_request_bytes,
         },
     )
     app.add_middleware(HeadAsGet)
@@ -95,6 +98,8 @@ def create_app() -> FastAPI:
     app.include_router(voices.router, dependencies=auth)
     app.include_router(compat.router, dependencies=auth, responses=refusals)
     app.include_router(text.router, dependencies=auth, responses=refusals)
+    app.include_router(batches.router, dependencies=auth)
+    app.include_router(webhook_ops.router, dependencies=auth)
     app.include_router(openai_speech.router, dependencies=auth, responses=refusals)
     # The console's page and files are public; it calls the API with the key the user enters.
     console.mount(app)

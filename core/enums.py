@@ -65,6 +65,7 @@ class TaskName(StrEnum):
     sweep_orphans = "maintenance.sweep_orphans"
     prepare_voice = "voices.prepare"
     forget_voice = "voices.forget"
+    concatenate_batch = "batches.concatenate"
 
 
 class Queue(StrEnum):
@@ -96,6 +97,7 @@ class WebhookEvent(StrEnum):
     succeeded = "job.succeeded"
     failed = "job.failed"
     canceled = "job.canceled"
+    batch_completed = "batch.completed"
 
 
 class DeliveryStatus(StrEnum):

@@ -217,6 +217,52 @@ class StorageError(VoicefarmError):
     code = "storage_error"
 
 
+class BatchInvalid(VoicefarmError):
+    """Some items of a batch failed admission: nothing was written. `items` lists the first
+    failures as {index, code, message, field}."""
+
+    status_code = 422
+    code = "batch_invalid"
+
+    def __init__(self, message: str, items: list[dict[str, object]]) -> None:
+        super().__init__(message, field="items")
+        self.items = items
+
+
+class BatchNotFound(VoicefarmError):
+    status_code = 404
+    code = "batch_not_found"
+
+
+class BatchNotCancelable(VoicefarmError):
+    status_code = 409
+    code = "batch_not_cancelable"
+
+
+class BatchAudioNotRequested(VoicefarmError):
+    """The batch was submitted without `concatenate: true`."""
+
+    status_code = 404
+    code = "batch_audio_not_requested"
+
+
+class DeliveryNotFound(VoicefarmError):
+    status_code = 404
+    code = "delivery_not_found"
+
+
+class DeliveryInFlight(VoicefarmError):
+    """The delivery is being attempted right now; replay it once this attempt is recorded."""
+
+    status_code = 409
+    code = "delivery_in_flight"
+
+
+class WebhookEndpointNotDisabled(VoicefarmError):
+    status_code = 404
+    code = "webhook_endpoint_not_disabled"
+
+
 class RequestRejected(ValueError):
     """Raised by an engine that cannot serve a request as asked (unknown voice, ...). Not an
     HTTP error: retrying is useless, so the worker fails the job at once with `invalid_input`."""

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Failed authentications per client address per minute before 429 too_many_auth_failures.
     auth_failures_per_minute: int = Field(10, ge=1)
     max_request_bytes: int = Field(1_000_000, ge=1024)
+    # POST /v1/batches: items per batch and the body size (JSON or JSONL) it may take.
+    batch_max_items: int = Field(10_000, ge=1)
+    batch_max_request_bytes: int = Field(64_000_000, ge=1024)
 
     # Admission limits
     max_text_chars: int = Field(5000, ge=1)

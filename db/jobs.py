@@ -176,15 +176,21 @@ def _finish(
     session: Session, claim: Claim, event: WebhookEvent, base_url: str, **values: Any
 ) -> list[str] | None:
     """Fenced transition to a terminal state plus its webhook event; None if the fence failed."""
-    job_id = session.execute(
+    row = session.execute(
         update(Job)
         .where(_fenced(claim))
         .values(finished_at=func.now(), lease_expires_at=None, **values)
-        .returning(Job.id)
-    ).scalar_one_or_none()
-    if job_id is None:
+        .returning(Job.id, Job.batch_id)
+    ).first()
+    if row is None:
         return None
-    return _event(session, job_id, event, base_url)
+    if row.batch_id is not None:
+        # A batch item: no event of its own; the last one to end completes the batch.
+        from db.batches import try_complete
+
+        try_complete(session, row.batch_id, base_url)
+        return []
+    return _event(session, row.id, event, base_url)
 
 
 def finish_success(
@@ -292,6 +298,11 @@ def cancel_job(
     job.error_message = None
     session.flush()
     session.refresh(job)
+    if job.batch_id is not None:
+        from db.batches import try_complete
+
+        try_complete(session, job.batch_id, base_url)
+        return job, []
     return job, _event(session, job.id, WebhookEvent.canceled, base_url)
 
 

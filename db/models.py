@@ -159,6 +159,11 @@ class Job(Base):
     result_duration_s: Mapped[float | None] = mapped_column(Float)
     result_bytes: Mapped[int | None] = mapped_column(BigInteger)
     result_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The batch the job is item `batch_index` of (POST /v1/batches); None for a single job.
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("batches.id", ondelete="SET NULL")
+    )
+    batch_index: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id_idempotency_key"),
@@ -190,14 +195,55 @@ class Job(Base):
     )
 
 
+class Batch(Base):
+    """Up to 10,000 jobs submitted together (POST /v1/batches); items are jobs with `batch_id`.
+
+    `completed_at` is set once, by whoever sees the last item reach a terminal state (fenced:
+    `WHERE completed_at IS NULL AND no active items`), together with the `batch.completed` event.
+    """
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tenants.id", ondelete="RESTRICT")
+    )
+    items: Mapped[int] = mapped_column(Integer)
+    total_chars: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    concatenate: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=sql_text("false")
+    )
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, default=dict, server_default="{}"
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The concatenated audio (`concatenate: true`): pending | running | ready | failed.
+    audio_key: Mapped[str | None] = mapped_column(Text)
+    audio_status: Mapped[str | None] = mapped_column(String(16))
+    audio_error: Mapped[str | None] = mapped_column(Text)
+    audio_duration_s: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("ix_batches_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        Index("ix_batches_open", "created_at", postgresql_where=sql_text("completed_at IS NULL")),
+    )
+
+
 class WebhookDelivery(Base):
     """One event for one job's webhook_url; its id is the `webhook-id` on every retry."""
 
     __tablename__ = "webhook_deliveries"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(
+    # None for a batch's own events (`batch.completed`), which name `batch_id` instead.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("batches.id", ondelete="CASCADE"), index=True
     )
     url: Mapped[str] = mapped_column(Text)
     event: Mapped[str] = mapped_column(String(32))

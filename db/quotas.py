@@ -48,11 +48,12 @@ def active_jobs(session: Session, tenant_id: uuid.UUID) -> int:
 
 
 def jobs_in_window(session: Session, tenant_id: uuid.UUID, now: datetime) -> int:
-    """How many jobs the tenant submitted in the minute before `now`."""
+    """How many jobs the tenant submitted in the minute before `now` (a batch's items are not
+    counted: a batch is one submission, api/batch_submit.py)."""
     return session.execute(
         select(func.count())
         .select_from(Job)
-        .where(Job.tenant_id == tenant_id, Job.created_at > now - WINDOW)
+        .where(Job.tenant_id == tenant_id, Job.created_at > now - WINDOW, Job.batch_id.is_(None))
     ).scalar_one()
 
 
@@ -60,7 +61,7 @@ def nth_in_window(session: Session, tenant_id: uuid.UUID, now: datetime, n: int)
     """created_at of the tenant's n-th oldest job (from 0) in the minute before `now`."""
     return session.execute(
         select(Job.created_at)
-        .where(Job.tenant_id == tenant_id, Job.created_at > now - WINDOW)
+        .where(Job.tenant_id == tenant_id, Job.created_at > now - WINDOW, Job.batch_id.is_(None))
         .order_by(Job.created_at)
         .offset(n)
         .limit(1)

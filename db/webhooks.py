@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from core.enums import DeliveryStatus, WebhookEvent
@@ -68,9 +69,16 @@ def _sending_lock_expired(now: Any) -> ColumnElement[bool]:
 
 def signing_secret(session: Session, delivery: WebhookDelivery) -> str | None:
     """The secret of the tenant that owns the delivery's job; None: the farm's secret."""
-    from db.models import Job, Tenant
+    from db.models import Batch, Job, Tenant
 
-    secret: str | None = session.scalar(
+    if delivery.job_id is None:  # a batch's own event: the batch's tenant
+        secret: str | None = session.scalar(
+            select(Tenant.webhook_secret)
+            .join(Batch, Batch.tenant_id == Tenant.id)
+            .where(Batch.id == delivery.batch_id)
+        )
+        return secret
+    secret = session.scalar(
         select(Tenant.webhook_secret)
         .join(Job, Job.tenant_id == Tenant.id)
         .where(Job.id == delivery.job_id)
@@ -147,7 +155,7 @@ def record_attempt(
     ).scalar_one_or_none()
     if updated is None:
         return False
-    if outcome == DeliveryStatus.disabled:
+    if outcome == DeliveryStatus.disabled and delivery.job_id is not None:
         # 410 Gone: the receiver wants nothing more for this job; drop what is still waiting.
         session.execute(
             update(WebhookDelivery)
@@ -207,3 +215,67 @@ def attempts_for(session: Session, delivery_ids: list[str]) -> list[WebhookAttem
             .order_by(WebhookAttempt.id)
         )
     )
+
+
+def replay_delivery(session: Session, delivery_id: str, job_id: uuid.UUID) -> WebhookDelivery:
+    """Make a delivery of `job_id` due again now (a new attempt, the same `webhook-id`), whatever
+    its state; refused while an attempt is in flight. The caller sends it after commit."""
+    from core.errors import DeliveryInFlight, DeliveryNotFound
+
+    d = session.scalar(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.job_id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if d is None:
+        raise DeliveryNotFound(f"job {job_id} has no webhook delivery {delivery_id}")
+    if d.status == DeliveryStatus.sending and d.locked_until and d.locked_until > datetime.now(UTC):
+        raise DeliveryInFlight(f"delivery {delivery_id} is being attempted now; retry shortly")
+    d.status = DeliveryStatus.pending.value
+    d.next_attempt_at = func.now()  # type: ignore[assignment]
+    d.dispatched_at = func.now()  # type: ignore[assignment]
+    d.locked_until = None
+    session.flush()
+    session.refresh(d)
+    return d
+
+
+def disabled_endpoints(session: Session, tenant_id: uuid.UUID | None) -> list[Any]:
+    """(url, deliveries, last disabled) per URL that answered 410 for the tenant's jobs."""
+    stmt = (
+        select(
+            WebhookDelivery.url,
+            func.count().label("deliveries"),
+            func.max(WebhookDelivery.created_at).label("last_at"),
+        )
+        .join(Job, Job.id == WebhookDelivery.job_id)
+        .where(WebhookDelivery.status == DeliveryStatus.disabled)
+        .group_by(WebhookDelivery.url)
+        .order_by(WebhookDelivery.url)
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(Job.tenant_id == tenant_id)
+    return list(session.execute(stmt).all())
+
+
+def enable_endpoint(session: Session, tenant_id: uuid.UUID | None, url: str) -> int:
+    """Send to `url` again: its disabled deliveries (the tenant's jobs) become `failed`, so new
+    events for those jobs go out; each old one can be replayed with the retry route."""
+    jobs = select(Job.id)
+    if tenant_id is not None:
+        jobs = jobs.where(Job.tenant_id == tenant_id)
+    n = cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.url == url,
+                WebhookDelivery.status == DeliveryStatus.disabled,
+                WebhookDelivery.job_id.in_(jobs),
+            )
+            .values(status=DeliveryStatus.failed.value)
+            .execution_options(synchronize_session=False)
+        ),
+    ).rowcount
+    return int(n or 0)

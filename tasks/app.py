@@ -8,7 +8,13 @@ from kombu.entity import Queue as KQueue
 from core.enums import Queue, TaskName
 from core.settings import get_settings
 
-TASK_MODULES = ["tasks.synthesize", "tasks.webhooks", "tasks.maintenance", "tasks.voices"]
+TASK_MODULES = [
+    "tasks.synthesize",
+    "tasks.webhooks",
+    "tasks.maintenance",
+    "tasks.voices",
+    "tasks.batches",
+]
 
 
 def make_celery() -> Celery:
@@ -44,6 +50,7 @@ def make_celery() -> Celery:
             TaskName.sweep_orphans.value: {"queue": Queue.maintenance.value},
             TaskName.prepare_voice.value: {"queue": Queue.voices.value},
             TaskName.forget_voice.value: {"queue": Queue.maintenance.value},
+            TaskName.concatenate_batch.value: {"queue": Queue.maintenance.value},
         },
         # Flower and `celery events` see task lifecycle events.
         worker_send_task_events=True,

@@ -58,6 +58,7 @@ def reconcile(limit: int = REPUBLISH_LIMIT) -> dict[str, int]:
     _publish(settings.database_url, stale, deliveries + due)
     _publish_voices(settings.database_url, voices)
     counts["dispatched"] = dispatch_waiting(settings.database_url, settings.dispatch_ahead)
+    counts["batches"] = _complete_batches(settings.database_url, settings.public_base_url)
     if any(counts.values()):
         log.info("event=maintenance.reconciled %s", " ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
@@ -95,6 +96,22 @@ def _publish(database_url: str, jobs: list[q.Redispatch], deliveries: list[str])
             f"broker unreachable: {len(unsent)} jobs and {len(deliveries)} webhook deliveries "
             f"left for the next run ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def _complete_batches(database_url: str, base_url: str) -> int:
+    """Backstop for the finish path: batches whose last items ended in transactions that each
+    saw the other still active, and concatenations whose message was lost."""
+    from db import batches as bq
+    from tasks.send import send_concatenate_batch
+
+    done = 0
+    with session_scope(database_url) as s:
+        for batch_id in bq.open_batches_done(s):
+            done += int(bq.try_complete(s, batch_id, base_url))
+        lost = bq.stale_concatenations(s, get_settings().requeue_grace_seconds * 10)
+    for batch_id in lost:
+        send_concatenate_batch(batch_id)
+    return done
 
 
 def _publish_voices(database_url: str, voice_ids: list[uuid.UUID]) -> None:

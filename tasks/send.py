@@ -47,3 +47,12 @@ def send_forget_voice(audio_sha256: str) -> None:
     celery_app.send_task(
         TaskName.forget_voice.value, args=[audio_sha256], queue=Queue.maintenance.value
     )
+
+
+def send_concatenate_batch(batch_id: uuid.UUID | str) -> None:
+    """Join a complete batch's audio into one file (tasks/batches.py)."""
+    from tasks.app import celery_app
+
+    celery_app.send_task(
+        TaskName.concatenate_batch.value, args=[str(batch_id)], queue=Queue.maintenance.value
+    )
