@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from tests.fixtures.api import use_settings
@@ -44,9 +45,7 @@ def read_events(response: httpx.Response, until: str | None = None) -> Iterator[
             name, data = "message", []
 
 
-def test_job_stream_sends_status_and_progress_then_closes(
-    api: str, worker: Proc, db: str
-) -> None:
+def test_job_stream_sends_status_and_progress_then_closes(api: str, worker: Proc, db: str) -> None:
     with httpx.Client(base_url=api, timeout=30) as http:
         job = http.post("/v1/jobs", json={"text": TEXT, "engine": "slow"}).json()
         started = time.monotonic()
@@ -79,9 +78,7 @@ def test_job_stream_of_a_finished_job_ends_at_once(api: str, worker: Proc, db: s
     assert [n for n, _ in again] == ["status", "done"]
 
 
-def test_list_stream_sends_the_callers_jobs_as_they_change(
-    api: str, worker: Proc, db: str
-) -> None:
+def test_list_stream_sends_the_callers_jobs_as_they_change(api: str, worker: Proc, db: str) -> None:
     seen: dict[str, list[str]] = {}
     with httpx.Client(base_url=api, timeout=30) as http:
         with http.stream("GET", "/v1/jobs/events") as r:
@@ -110,7 +107,9 @@ def test_another_tenants_job_is_404_and_the_cap_is_429(client: TestClient, db: s
     r = client.get(url, headers=b.headers)
     assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
     assert client.get(url).status_code == 401
-    client.app.state.job_events = JobEvents(db, "http://testserver", capacity=0)
+    app = client.app
+    assert isinstance(app, FastAPI)
+    app.state.job_events = JobEvents(db, "http://testserver", capacity=0)
     r = client.get(url, headers=a.headers)
     assert r.status_code == 429 and r.headers["Retry-After"]
     assert r.json()["error"]["code"] == "too_many_streams"
