@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 import uuid
 from typing import Any
 
@@ -28,8 +29,8 @@ from core.errors import (
     UnknownEngine,
     UnknownVoice,
     UnsupportedFormat,
-    UnsupportedMode,
     ValidationFailed,
+    VoicefarmError,
 )
 from core.settings import Settings
 from core.text import markup_kinds, normalize
@@ -122,6 +123,29 @@ def check_output(body: JobCreate) -> int | None:
     return body.bit_depth or DEFAULT_BIT_DEPTH
 
 
+# Registered engine specs, per process, for a moment: a request never waits on a stale one
+# (below), and a worker registers its spec once, when it starts.
+SPECS_TTL_SECONDS = 2.0
+_specs: dict[str, tuple[float, dict[str, EngineSpec]]] = {}
+
+
+def _catalog(
+    session: Session, settings: Settings, engine: str, fresh: bool
+) -> dict[str, EngineSpec]:
+    """The engines; a built-in one's capabilities are its class's (catalog() never lets a
+    registration override them), so no query for those. Extra engines read what workers
+    registered, from this process's copy unless `fresh` or older than SPECS_TTL_SECONDS."""
+    engines = catalog(settings)
+    if not fresh and engines.get(engine) is BUILTIN.get(engine, False):
+        return engines
+    url = settings.database_url
+    now = time.monotonic()
+    hit = _specs.get(url)
+    if fresh or hit is None or now - hit[0] > SPECS_TTL_SECONDS:
+        hit = _specs[url] = (now, registered_specs(session))
+    return catalog(settings, hit[1])
+
+
 def admit(
     session: Session,
     body: JobCreate,
@@ -131,6 +155,26 @@ def admit(
     """Validate `body` against settings and engine capabilities; return an unsaved Job of
     `tenant_id`, routed to its voice's or its tenant's pool (db/pools.py)."""
     check_storable(body)
+    engine_name = body.engine or settings.default_engine
+    try:
+        return _admit(
+            session, body, settings, tenant_id, _catalog(session, settings, engine_name, False)
+        )
+    except VoicefarmError:
+        # Refused on what may be an old copy of the specs (a worker registered since, or the
+        # refusal lists every engine's modes): decide again on fresh ones, only on this path.
+        return _admit(
+            session, body, settings, tenant_id, _catalog(session, settings, engine_name, True)
+        )
+
+
+def _admit(
+    session: Session,
+    body: JobCreate,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    engines: dict[str, EngineSpec],
+) -> Job:
     text = normalize(body.text)
     if len(text) > settings.max_text_chars:
         raise TextTooLong(
@@ -139,12 +183,6 @@ def admit(
             field="text",
         )
     engine_name = body.engine or settings.default_engine
-    # A built-in engine's capabilities are its class's (catalog() never lets a registration
-    # override them): no query for the common case. Extra engines read what workers registered.
-    engines = catalog(settings)
-    builtin = engine_name in BUILTIN and engines.get(engine_name) is BUILTIN[engine_name]
-    if not builtin:
-        engines = catalog(settings, registered_specs(session))
     spec = engines.get(engine_name)
     if spec is None:
         raise UnknownEngine(
@@ -161,14 +199,7 @@ def admit(
             f"choose one of {sorted(spec.voices)}",
             field="voice",
         )
-    try:
-        speaking = choose(session, body, spec, engines, settings, tenant_id)
-    except UnsupportedMode:
-        if not builtin:
-            raise
-        # The refusal names the engines that have the mode: those need the registered specs.
-        engines = catalog(settings, registered_specs(session))
-        speaking = choose(session, body, spec, engines, settings, tenant_id)
+    speaking = choose(session, body, spec, engines, settings, tenant_id)
     if body.format not in spec.formats:
         raise UnsupportedFormat(
             f"format {body.format!r} is not supported; choose one of {list(spec.formats)}",
