@@ -35,7 +35,8 @@ install-cosyvoice: $(VENV)/.installed-dev
 services:
 	./infra/dev/ensure-services.sh
 
-# API on 127.0.0.1:8000, worker supervisor (Piper on CPU), beat, Flower on :5555.
+# API on 127.0.0.1:8000 (VOICEFARM_API_WORKERS uvicorn processes, 2 unless set), worker
+# supervisor (Piper on CPU), beat, Flower on :5555.
 # Webhooks to loopback are allowed here, for local receivers; production refuses them.
 run: $(VENV)/.installed
 	VOICEFARM_WEBHOOK_ALLOW_PRIVATE=$${VOICEFARM_WEBHOOK_ALLOW_PRIVATE:-true} \
