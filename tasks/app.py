@@ -54,7 +54,7 @@ def make_celery() -> Celery:
         },
         # Flower and `celery events` see task lifecycle events.
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=False,
         beat_schedule={
             "reconcile": {
                 "task": TaskName.reconcile.value,
