@@ -52,7 +52,9 @@ def make_celery() -> Celery:
             TaskName.forget_voice.value: {"queue": Queue.maintenance.value},
             TaskName.concatenate_batch.value: {"queue": Queue.maintenance.value},
         },
-        # Flower and `celery events` see task lifecycle events.
+        # Flower and `celery events` see task lifecycle events from the workers (received,
+        # started, succeeded...). Not the sender's `task-sent`: one more Redis PUBLISH on every
+        # job's admission path, for a state Flower shows anyway once a worker receives it.
         worker_send_task_events=True,
         task_send_sent_event=False,
         beat_schedule={
