@@ -242,7 +242,9 @@ def test_soak_loses_no_job_through_worker_kills_and_broker_and_database_restarts
         assert len(ids) == JOBS  # one job per idempotency key, however often it was retried
         with get_engine(pg.url).connect() as c:
             rows = c.execute(
-                text("SELECT id, status, attempts, result_key, result_sha256 FROM jobs")
+                text(
+                    "SELECT id, status, attempts, result_key, result_sha256, timings_key FROM jobs"
+                )
             ).all()
         assert {str(r.id) for r in rows} == ids
         statuses = collections.Counter(r.status for r in rows)
@@ -256,7 +258,10 @@ def test_soak_loses_no_job_through_worker_kills_and_broker_and_database_restarts
 
         swept = sweep_orphan_objects(storage, pg.url, datetime.now(UTC))
         stored = sorted(o.key for o in storage.list_keys("jobs/"))
-        assert stored == sorted(r.result_key for r in rows)
+        # Exactly the audio and the segment timings each row names: nothing else, no leftover
+        # kept segments, no second attempt's audio.
+        assert stored == sorted([r.result_key for r in rows] + [r.timings_key for r in rows])
+        audio = [k for k in stored if not k.endswith(".segments.json")]
 
         # Webhooks: one job.succeeded event per job (its webhook-id is the same on every
         # retry), every delivery correctly signed.
@@ -279,7 +284,7 @@ def test_soak_loses_no_job_through_worker_kills_and_broker_and_database_restarts
         summary = (
             f"soak: jobs={JOBS} succeeded={statuses['succeeded']} "
             f"failed={statuses.get('failed', 0)} "
-            f"attempts={dict(sorted(attempts.items()))} objects={len(stored)} "
+            f"attempts={dict(sorted(attempts.items()))} objects={len(audio)} "
             f"orphans_swept={swept} succeeded_events={len(per_job)} "
             f"succeeded_deliveries={len(deliveries)} "
             f"api_answers={dict(sorted(client.statuses.items()))} "
