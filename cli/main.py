@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     workers.add_argument(
         "--pool", help="serve this worker pool's queues (default $VOICEFARM_WORKER_POOL)"
     )
+    from cli.api_commands import add_parsers as add_api_parsers
+
+    add_api_parsers(sub)
+    sub.add_parser("reconcile", help="run one reconciler pass now (operator; the database)")
     from cli.voices import add_voices_parser
 
     add_voices_parser(sub)
@@ -41,6 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("farm", help="migrate, then run API, workers, beat and Flower (make run)")
 
     args = parser.parse_args(argv)
+    from cli.api_commands import COMMANDS
+
+    if args.command in COMMANDS:
+        from cli.api_commands import run
+
+        return run(args)
+    if args.command == "reconcile":
+        import json
+
+        from tasks.maintenance import reconcile
+
+        print(json.dumps(reconcile()))
+        return 0
     if args.command == "say":
         from cli.say import run_say
 
