@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.auth import get_caller
+from api.metrics import CountRequests
 from api.routes import (
     batches,
     compat,
@@ -85,6 +86,7 @@ def create_app() -> FastAPI:
         },
     )
     app.add_middleware(HeadAsGet)
+    app.add_middleware(CountRequests)
     # /healthz, /readyz and /metrics stay open (probes and Prometheus; docs/SECURITY.md).
     # Every other router authenticates; routes that scope by tenant take CallerDep too, which
     # FastAPI resolves once per request.

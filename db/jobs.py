@@ -493,3 +493,17 @@ def queue_depth(session: Session) -> dict[tuple[str, str], int]:
         .group_by(Job.engine, Job.status)
     ).all()
     return {(r[0], r[1]): r[2] for r in rows}
+
+
+def oldest_queued_age(session: Session) -> dict[tuple[str, str], float]:
+    """(engine, priority) -> seconds the oldest queued job has waited (the queue-age metric)."""
+    rows = session.execute(
+        select(
+            Job.engine,
+            Job.priority,
+            func.extract("epoch", func.now() - func.min(Job.created_at)),
+        )
+        .where(Job.status == JobStatus.queued.value)
+        .group_by(Job.engine, Job.priority)
+    ).all()
+    return {(r[0], r[1]): float(r[2]) for r in rows}

@@ -107,6 +107,9 @@ def deliver(delivery_id: str) -> None:
         if error is None:
             error = f"receiver answered HTTP {status_code}"
 
+    from workers import metrics  # prometheus_client only; no engine code
+
+    metrics.WEBHOOK_DELIVERIES.labels(outcome.value).inc()
     with session_scope(settings.database_url) as s:
         d = s.get(wq.WebhookDelivery, delivery_id)
         if d is None:

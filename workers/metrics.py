@@ -81,3 +81,9 @@ QUALITY_FAILURES = Counter(
     "Jobs failed by a quality check instead of delivering broken audio",
     ["engine", "check"],
 )
+
+WEBHOOK_DELIVERIES = Counter(
+    "voicefarm_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered, pending: will retry, failed, disabled)",
+    ["outcome"],
+)
