@@ -96,3 +96,42 @@ def test_k8s_and_keda_yaml_parse() -> None:
     for path in (ROOT / "infra/k8s").glob("*.yaml"):
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         assert all("kind" in d for d in docs), path
+
+
+def test_keda_scales_workers_on_prometheus_queue_metrics() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "infra/k8s/keda.yaml").read_text()))
+    assert {d["kind"] for d in docs} == {"ScaledObject"}
+    known = known_metrics()
+    for d in docs:
+        queries = [
+            t["metadata"]["query"] for t in d["spec"]["triggers"] if t["type"] == "prometheus"
+        ]
+        assert queries and all(used_metrics(q) <= known for q in queries)
+    assert {d["spec"]["scaleTargetRef"]["name"] for d in docs} == {"worker", "worker-vip"}
+
+
+def test_nginx_limits_match_the_api() -> None:
+    from core.settings import Settings
+
+    conf = (ROOT / "infra/nginx/voicefarm.conf").read_text()
+    s = Settings()
+
+    def mb(size: str) -> int:
+        return int(size.rstrip("m")) * 1_000_000
+
+    sizes = re.findall(r"client_max_body_size (\d+m);", conf)
+    assert mb(sizes[0]) >= s.max_request_bytes
+    assert mb(sizes[1]) >= s.batch_max_request_bytes
+    assert mb(sizes[2]) >= s.max_voice_upload_bytes
+    assert mb(sizes[3]) >= s.max_voice_upload_bytes * 4 // 3
+    read = re.search(r"location ~ \^/\(api/predict.*?proxy_read_timeout (\d+)s", conf, re.S)
+    assert read and int(read.group(1)) > s.predict_timeout_seconds
+    assert "X-Accel-Buffering no" in conf and "proxy_buffering off" in conf
+
+
+def test_worker_image_pins_cosyvoice_to_a_commit() -> None:
+    script = (ROOT / "infra/dev/cosyvoice-src.sh").read_text()
+    assert "COSYVOICE_COMMIT=ace7c47f41bbd303aa6bf1ea80e6f9fbd595cd40" in script
+    docker = (ROOT / "infra/docker/worker.Dockerfile").read_text()
+    assert "cosyvoice-src.sh" in docker
+    assert not re.search(r"git clone[^\n]*(--branch|-b )", docker + script)
