@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     workers.add_argument(
         "--pool", help="serve this worker pool's queues (default $VOICEFARM_WORKER_POOL)"
     )
+    workers.add_argument("--gpus", help="GPU indexes, e.g. 0,2 (default $VOICEFARM_GPUS: all)")
+    workers.add_argument("--cpu-workers", type=int, help="CPU worker processes (no GPU)")
     from cli.api_commands import add_parsers as add_api_parsers
 
     add_api_parsers(sub)
@@ -65,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "workers":
         from cli.farm import run_workers
 
+        # Flags become the settings the supervisor reads (VOICEFARM_GPUS, _CPU_WORKERS).
+        if args.gpus is not None:
+            os.environ["VOICEFARM_GPUS"] = args.gpus
+        if args.cpu_workers is not None:
+            os.environ["VOICEFARM_CPU_WORKERS"] = str(args.cpu_workers)
+        from core.settings import get_settings
+
+        get_settings.cache_clear()
         return run_workers(args.pool)
     if args.command in ("tenants", "keys"):
         from cli.tenants import run_keys, run_tenants
