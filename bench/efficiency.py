@@ -119,14 +119,18 @@ class Farm:
             for cmd in ([*api, "--log-level", "warning"], workers)
         ]
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
-        for _ in range(300):
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        # Warm up: the worker has loaded Piper once a job succeeds.
-        self.run(["Warm up the farm."])
+        try:
+            for _ in range(300):
+                try:
+                    if self.client.get("/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            # Warm up: the worker has loaded Piper once a job succeeds.
+            self.run(["Warm up the farm."])
+        except BaseException:
+            self.stop()  # never leave a farm behind that would take the next run's messages
+            raise
 
     def run(self, batch: list[str]) -> list[str]:
         ids = []
@@ -182,7 +186,9 @@ def phases(log_path: Path, ids: set[str]) -> dict[str, float]:
     return {k: v / max(n, 1) for k, v in sums.items()} | {"jobs_logged": n}
 
 
-def measure(farm: Farm, bare: subprocess.Popen[str], all_texts: list[str], rounds: int) -> dict[str, Any]:
+def measure(
+    farm: Farm, bare: subprocess.Popen[str], all_texts: list[str], rounds: int
+) -> dict[str, Any]:
     per = len(all_texts) // rounds
     farm_s = bare_s = 0.0
     ids: list[str] = []
