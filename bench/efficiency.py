@@ -166,7 +166,7 @@ def farm_seconds(ids: list[str]) -> float:
     eng = create_engine(DB_URL)
     with eng.connect() as c:
         row = c.execute(
-            text("SELECT min(created_at), max(finished_at) FROM jobs WHERE id = ANY(:ids)"),
+            text("SELECT min(created_at), max(finished_at) FROM jobs WHERE id::text = ANY(:ids)"),
             {"ids": ids},
         ).one()
     eng.dispose()
