@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch (on this machine's disk); never let a resolver pick a CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: run test lint services install install-dev install-cosyvoice bench clean
+.PHONY: run test test-long lint services install install-dev install-cosyvoice bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev services
 	$(BIN)/python -m pytest
+
+# The long runs: a 10,000-item batch end to end.
+test-long: $(VENV)/.installed-dev services
+	VOICEFARM_TEST_BATCH_ITEMS=10000 $(BIN)/python -m pytest tests/integration/test_batch_10k.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

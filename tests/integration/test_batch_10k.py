@@ -1,5 +1,6 @@
-"""A 10,000-item batch end to end: admission off the event loop (measured: /healthz and
-GET /v1/jobs stay fast meanwhile), four fast fixture workers, counts, manifest, webhook."""
+"""A large batch end to end (2,000 items in `make test`, 10,000 in `make test-long`):
+admission off the event loop (measured: /healthz and GET /v1/jobs stay fast meanwhile), fast
+fixture workers, counts, manifest, webhook."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import pytest
 from tests.fixtures.processes import Proc, free_port, start_api, start_worker, wait_until
 from tests.fixtures.receiver import Receiver
 
-# 10,000 by default (the issue's figure); a smaller VOICEFARM_TEST_BATCH_ITEMS for a quick run.
-N = int(os.environ.get("VOICEFARM_TEST_BATCH_ITEMS", "10000"))
+# `make test` runs 2,000 items (about two minutes here) to keep the suite under 15 minutes;
+# `make test-long` runs the issue's 10,000 (about ten minutes on 2 cores: docs/BENCHMARKS.md).
+N = int(os.environ.get("VOICEFARM_TEST_BATCH_ITEMS", "2000"))
 WORKERS = 2
 pytestmark = pytest.mark.timeout(1800)
 
@@ -103,7 +105,7 @@ def test_ten_thousand_items(farm: str, receiver: Receiver, log_dir: Path) -> Non
         body: dict[str, Any] = c.get(f"/v1/batches/{batch['id']}").json()
         return body if body["completed_at"] else None
 
-    done = wait_until(complete, timeout=1700, what="10,000 items to finish")
+    done = wait_until(complete, timeout=1700, what=f"{N} items to finish")
     run_s = time.perf_counter() - t1
     assert done["counts"]["succeeded"] == N, done["counts"]
     hits = receiver.wait_for(lambda x: x.json["type"] == "batch.completed", timeout=30)
