@@ -96,7 +96,9 @@ def db(database: str, redis_client: object) -> Iterator[str]:
     from db.session import get_engine
 
     with get_engine(database).begin() as c:
-        c.execute(text("TRUNCATE jobs, webhook_deliveries, webhook_attempts, voices CASCADE"))
+        c.execute(
+            text("TRUNCATE jobs, webhook_deliveries, webhook_attempts, voices, batches CASCADE")
+        )
         # Tenants made by a test go (with their keys); the default tenant stays.
         c.execute(text("DELETE FROM tenants WHERE id <> :d"), {"d": DEFAULT_TENANT_ID})
         c.execute(text("DELETE FROM api_keys"))

@@ -96,8 +96,14 @@ def test_subtitles_and_timings_match_the_audio(
 
     # Stored beside the audio; no kept segment outlives the job.
     folder = tmp_root / "storage" / "jobs" / str(DEFAULT_TENANT_ID) / jid
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["1.wav", "1.segments.json", f"1.{fmt}"]
+    # Kept segments are dropped just after the finish commits: wait for that, not a moment.
+    wait_until(
+        lambda: (
+            sorted(p.name for p in folder.iterdir())
+            == sorted(["1.wav", "1.segments.json", f"1.{fmt}"])
+        ),
+        timeout=30,
+        what="only the audio, timings and subtitles to remain",
     )
     assert json.loads((folder / "1.segments.json").read_text()) == timings
 

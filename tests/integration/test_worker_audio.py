@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from db.models import DEFAULT_TENANT_ID
 from tests.fixtures.audio_checks import read_wav
-from tests.fixtures.processes import Proc
+from tests.fixtures.processes import Proc, wait_until
 from tests.integration.test_worker_jobs import wait_job
 
 
@@ -48,4 +48,9 @@ def test_resampled_multi_segment_job_is_streamed_to_storage(
     assert rate == result["sample_rate"] == 8000
     assert abs(len(samples) / rate - result["duration_s"]) <= 0.001
     # No temporary file, half-written object or kept segment is left beside it; only its timings.
-    assert sorted(p.name for p in folder.iterdir()) == ["1.segments.json", "1.wav"]
+    # Kept segments are dropped just after the finish commits: wait for that, not a moment.
+    wait_until(
+        lambda: sorted(p.name for p in folder.iterdir()) == ["1.segments.json", "1.wav"],
+        timeout=30,
+        what="only the audio and its timings to remain",
+    )
