@@ -61,6 +61,27 @@ def test_cli_round_trip(api: str, tmp_path: Path) -> None:
     assert rc == 0 and done["completed_at"]
 
 
+def test_cli_voices_add_list_rm(api: str, tmp_path: Path) -> None:
+    """Through the HTTP API, prepared by the shared worker's voices queue."""
+    from tests.fixtures.voice_audio import speech, too_short
+
+    good, short = tmp_path / "good.wav", tmp_path / "short.wav"
+    good.write_bytes(speech())
+    short.write_bytes(too_short())
+    rc, voice = cli(
+        api, "voices", "add", str(good), "--transcript", "Hello there.", "--name", "me", "--wait"
+    )
+    assert rc == 0 and voice["status"] == "ready", voice
+    rc, bad = cli(api, "voices", "add", str(short), "--transcript", "Hi.", "--name", "x", "--wait")
+    assert rc == 1 and bad["error"]["code"] == "too_short"
+    rc, listed = cli(api, "voices", "list")
+    assert rc == 0 and {v["id"] for v in listed} == {voice["id"], bad["id"]}
+    rc, gone = cli(api, "voices", "rm", voice["id"])
+    assert rc == 0 and gone["deleted"] is True
+    rc, err = cli(api, "voices", "rm", voice["id"])
+    assert rc == 1 and err["error"]["code"] == "voice_not_found"
+
+
 def test_cli_unreachable_api() -> None:
     rc, err = cli(f"http://127.0.0.1:{free_port()}", "jobs")
     assert rc == 2 and err["error"]["code"] == "unreachable"
