@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +52,8 @@ def write(
         return
     beat = Beat(time.monotonic(), phase, job, job_started, busy_until, os.getpid())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # Per process and thread: batched jobs beat from several threads of one process at once.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(asdict(beat)))
     os.replace(tmp, path)
 
