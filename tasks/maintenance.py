@@ -31,8 +31,8 @@ from db import voices as vq
 from db import webhooks as wq
 from db.session import after_commit, get_sessionmaker, session_scope
 from tasks.app import celery_app
-from tasks.dispatch import PublishFailed, dispatch_waiting
-from tasks.send import send_prepare_voice, send_synthesize, send_webhooks
+from tasks.dispatch import PublishFailed, dispatch_waiting, publish
+from tasks.send import send_prepare_voice, send_webhooks
 
 log = logging.getLogger("voicefarm.maintenance")
 
@@ -66,35 +66,27 @@ def reconcile(limit: int = REPUBLISH_LIMIT) -> dict[str, int]:
 
 def _publish(database_url: str, jobs: list[q.Redispatch], deliveries: list[str]) -> None:
     """Send the committed work. On the first broker error stop, give the unsent jobs back to the
-    next run (their dispatch mark is cleared), count it and raise: beat runs us again soon."""
-    sent = 0
+    next run (tasks.dispatch.publish clears their dispatch mark), count it and raise: beat runs
+    us again soon."""
     try:
-        for r in jobs:
-            send_synthesize(r.job_id, r.engine, r.priority, r.pool)
-            sent += 1
+        publish(database_url, jobs)
         send_webhooks(deliveries)
     except Exception as exc:
         from workers import metrics
 
-        unsent = [r.job_id for r in jobs[sent:]]
         metrics.RECONCILE_PUBLISH_FAILURES.inc()
         log.error(
-            "event=maintenance.publish_failed sent=%d unsent_jobs=%d webhooks=%d error=%s: %s",
-            sent,
-            len(unsent),
+            "event=maintenance.publish_failed jobs=%d webhooks=%d error=%s: %s",
+            len(jobs),
             len(deliveries),
             type(exc).__name__,
             exc,
         )
-        try:
-            with session_scope(database_url) as s:
-                q.undispatch(s, unsent)
-        except Exception:
-            # Harmless: those jobs are re-published one grace period later instead.
-            log.warning("event=maintenance.undispatch_failed jobs=%d", len(unsent), exc_info=True)
+        if isinstance(exc, PublishFailed):
+            raise
         raise PublishFailed(
-            f"broker unreachable: {len(unsent)} jobs and {len(deliveries)} webhook deliveries "
-            f"left for the next run ({type(exc).__name__}: {exc})"
+            f"broker unreachable: {len(deliveries)} webhook deliveries left for the next run "
+            f"({type(exc).__name__}: {exc})"
         ) from exc
 
 

@@ -109,7 +109,7 @@ def test_publish_happens_after_the_transaction_commits(
 ) -> None:
     """No broker I/O while the reconciler's rows are locked: when a message is sent, the
     dispatch mark is already committed and another connection can lock the row at once."""
-    import tasks.maintenance as maintenance
+    import tasks.dispatch as dispatch
 
     db = long_grace
     job_id = _new_job(db, engine="solo")
@@ -129,7 +129,8 @@ def test_publish_happens_after_the_transaction_commits(
             seen.append(marked)
         send_synthesize(jid, engine, priority, pool)
 
-    monkeypatch.setattr(maintenance, "send_synthesize", send)
+    # The reconciler publishes through tasks.dispatch.publish, the dispatcher's one sender.
+    monkeypatch.setattr(dispatch, "send_synthesize", send)
     assert reconcile()["republished"] == 1
     assert seen == [True]
     assert queued_job_ids(redis_client) == [str(job_id)]
