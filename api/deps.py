@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy.orm import Session
 
@@ -70,6 +70,16 @@ def json_response(
     return Response(raw, status_code=status_code, media_type="application/json", headers=headers)
 
 
+# Keyset pagination, the same for every list route.
+PageLimit = Annotated[int, Query(ge=1, le=200)]
+PageCursor = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Opaque: the `next_cursor` of the previous page.",
+    ),
+]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 StorageDep = Annotated[Storage, Depends(_storage)]

@@ -8,10 +8,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep, json_response
+from api.deps import (
+    CallerDep,
+    PageCursor,
+    PageLimit,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    json_response,
+)
 from api.errors import responses
 from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDeliveryOut
 from api.submit import submit
@@ -103,15 +111,8 @@ def list_jobs(
     settings: SettingsDep,
     caller: CallerDep,
     status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[
-        str | None,
-        Query(
-            max_length=200,
-            pattern=r"^[A-Za-z0-9_-]+$",
-            description="Opaque: the `next_cursor` of the previous page.",
-        ),
-    ] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> Response:
     """List jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     rows, next_cursor = q.list_jobs(

@@ -7,9 +7,9 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Response, UploadFile
 
-from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep
+from api.deps import CallerDep, PageCursor, PageLimit, SessionDep, SettingsDep, StorageDep
 from api.errors import responses
 from api.schemas import VoiceList, VoiceOut, VoicePatch
 from api.voice_input import (
@@ -153,15 +153,8 @@ def list_voices(
     settings: SettingsDep,
     caller: CallerDep,
     status: VoiceStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[
-        str | None,
-        Query(
-            max_length=200,
-            pattern=r"^[A-Za-z0-9_-]+$",
-            description="Opaque: the `next_cursor` of the previous page.",
-        ),
-    ] = None,
+    limit: PageLimit = 50,
+    cursor: PageCursor = None,
 ) -> Response:
     """List voices, newest first; pass `next_cursor` back as `cursor` for the next page."""
     rows, next_cursor = q.list_voices(
