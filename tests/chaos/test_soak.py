@@ -36,7 +36,7 @@ from core.storage import FileStorage
 from core.webhooks import verify
 from db.session import get_engine
 from tests.fixtures.pg import private_postgres
-from tests.fixtures.processes import Proc, free_port, spawn, start_api, wait_until
+from tests.fixtures.processes import Proc, descendants, free_port, spawn, start_api, wait_until
 from tests.fixtures.receiver import start_receiver
 from tests.fixtures.redis_server import PrivateRedis
 from workers.supervisor import celery_argv
@@ -90,20 +90,8 @@ class Client:
 
 def _children(root: int) -> dict[int, str]:
     """pid -> command line of every live process below `root`."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
     out = {}
-    for pid in found:
+    for pid in descendants(root):
         with contextlib.suppress(OSError):
             out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     return out

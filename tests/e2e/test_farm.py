@@ -15,7 +15,15 @@ import pytest
 from core.settings import get_settings
 from core.webhooks import verify
 from tests.fixtures.audio_checks import assert_speech
-from tests.fixtures.processes import ROOT, Proc, free_port, spawn, start_api, wait_until
+from tests.fixtures.processes import (
+    ROOT,
+    Proc,
+    descendants,
+    free_port,
+    spawn,
+    start_api,
+    wait_until,
+)
 from tests.fixtures.receiver import Receiver
 from workers.supervisor import celery_argv
 
@@ -128,23 +136,6 @@ def test_farm_command_explains_unreachable_services(tmp_path: Path) -> None:
     assert "Traceback" not in no_pg.stderr
 
 
-def _descendants(root: int) -> set[int]:
-    """Every live process below `root`, from /proc (children moved to their own groups too)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
 def test_farm_runs_everything_and_ctrl_c_stops_every_process(db: str, log_dir: Path) -> None:
     """What `make run` starts: API, worker supervisor (Piper + ops), beat and Flower."""
     import signal
@@ -183,7 +174,7 @@ def test_farm_runs_everything_and_ctrl_c_stops_every_process(db: str, log_dir: P
             what="Flower",
         )
         assert httpx.get(flower, timeout=2).status_code == 401  # basic auth on
-        children = _descendants(farm.popen.pid)
+        children = descendants(farm.popen.pid)
         assert len(children) >= 5, children  # api, supervisor, cpu0, ops, beat, flower
         # No secret on a command line (`ps` shows those to every local user).
         for pid in children:
