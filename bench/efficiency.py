@@ -54,7 +54,7 @@ SENTENCES = [
     "The library has a new collection of maps.",
     "Thank you for calling, how can I help you today?",
 ]
-PHASES: tuple[str, ...] = ("claim", "progress", "synthesize", "keep", "write", "quality")
+PHASES: tuple[str, ...] = ("claim", "prepare", "progress", "synthesize", "keep", "write", "quality")
 PHASES += ("encode", "upload", "finish")
 
 BARE = r"""

@@ -143,6 +143,10 @@ class Settings(BaseSettings):
     batch_max: int = Field(1, ge=1, le=64)
     # How long a batch waits for its mates' next segments before it runs with fewer.
     batch_window_ms: float = Field(15.0, ge=0)
+    # A synthesis worker hands a job's quality check, encode, upload and fenced finish to a
+    # background thread and takes its next message meanwhile (tasks/finisher.py); at most one
+    # job is finishing while the next synthesizes. false: everything on the task's thread.
+    finish_in_background: bool = True
     # Prepared voice prompts in Redis: entries larger than this stay in storage only; each
     # lives this long in Redis (storage keeps them behind it).
     prompt_cache_max_bytes: int = Field(32 * 1024 * 1024, ge=0)

@@ -106,6 +106,25 @@ def dispatch_after_admission(database_url: str, key: d.QueueKey, ahead: int) -> 
     _passes(token, _PASSES_IN_REQUEST)
 
 
+def dispatch_soon(database_url: str, engine: str, pool: str, ahead: int) -> None:
+    """Fill the (engine, pool) queues of every priority from a short-lived thread, coalesced with
+    any pass of this process already running for them; returns at once.
+
+    A worker calls this after a claim, a release or a finish: the claimed job starts
+    synthesizing while the next message is published (about 10-20 ms of advisory lock, fair-share
+    queries, commit and publish that used to sit between the claim and the engine). The next
+    message still lands long before the job ends; a process that dies first leaves the queue to
+    the next dispatch or the reconciler, as any lost publish."""
+    for priority in Priority:
+        token = (database_url, d.QueueKey(engine, pool, priority.value), ahead)
+        with _lock:
+            if token in _running:
+                _dirty.add(token)
+                continue
+            _running.add(token)
+        threading.Thread(target=_drain, args=(token,), name="dispatch-soon", daemon=True).start()
+
+
 def _passes(token: tuple[str, d.QueueKey, int], limit: int | None) -> None:
     database_url, key, ahead = token
     done = 0

@@ -41,6 +41,14 @@ def _start_runtime(sender: Any = None, **_: Any) -> None:
 
 @worker_shutdown.connect
 def _stop(**_: Any) -> None:
+    from tasks import finisher
+
+    # A warm shutdown waits for the running task; the job handed to the finisher (encode,
+    # upload, fenced finish) gets as long as a hang would, so it is not run again for nothing.
+    if not finisher.drain(0):
+        log.info("event=worker.shutdown_waiting_for_finish")
+    if not finisher.drain(get_settings().worker_hang_seconds):
+        log.warning("event=worker.shutdown_finish_pending (its lease expires, it runs again)")
     log.info("event=worker.shutdown")
 
 

@@ -12,8 +12,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject
@@ -30,7 +32,7 @@ from db import jobs as q
 from db.models import DEFAULT_TENANT_ID
 from db.session import after_commit, session_scope
 from tasks.app import celery_app
-from tasks.dispatch import dispatch
+from tasks.dispatch import dispatch_soon
 from tasks.send import send_webhooks
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
     from core.storage import Storage
     from db.models import Job
+    from tasks.finisher import Finisher
     from workers.audio import WavFileWriter
     from workers.engines.base import Audio, Engine, PreparedVoice
     from workers.prompt_cache import VoiceRef
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     from workers.segments import SegmentStore, Timing
 
 log = logging.getLogger("voicefarm.jobs")
+_T = TypeVar("_T")
 
 MAX_OOM_SPLITS = 2
 # Back-off while PostgreSQL is unreachable: doubles per consecutive failure in this process.
@@ -222,7 +226,12 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
         after_commit(s, functools.partial(_dispatch, settings, job.engine, job.pool))
     claim_s = time.perf_counter() - c0
     if len(claimed) == 1:
-        run_claimed_job(rt, *claimed[0], claim_s=claim_s)
+        finisher = None
+        if settings.finish_in_background:
+            from tasks import finisher as finishers
+
+            finisher = finishers.current()
+        run_claimed_job(rt, *claimed[0], claim_s=claim_s, finisher=finisher)
         return
     from tasks.batch import run_batch
 
@@ -269,6 +278,19 @@ def _claimed(
     return claim, inp, oomed_before
 
 
+@dataclass
+class Synthesized:
+    """A job whose every segment is in its writer: what finishing it needs."""
+
+    writer: WavFileWriter
+    segments: list[str]
+    timings: list[Timing]
+    synth_seconds: float
+    cloned: VoiceRef | None
+    # The last segment's (index, text, audio), not yet in the writer.
+    last: tuple[int, str, Audio | None] | None = None
+
+
 def run_claimed_job(
     rt: Runtime,
     claim: q.Claim,
@@ -277,21 +299,83 @@ def run_claimed_job(
     *,
     claim_s: float = 0.0,
     engine: Engine | None = None,
+    finisher: Finisher | None = None,
 ) -> None:
     """Synthesize, store and finish one claimed job; every outcome is a fenced write. `engine`
-    overrides the runtime's (a batch's shared engine call, tasks/batch.py)."""
+    overrides the runtime's (a batch's shared engine call, tasks/batch.py). With a `finisher`
+    (tasks/finisher.py) the tail after the last segment (quality, encode, upload, finish) runs on
+    its thread and this returns once synthesis is done."""
     settings = rt.settings
-    job_id = claim.job_id
-    log.info("event=jobs.claimed job=%s attempt=%d worker=%s", job_id, claim.attempt, rt.worker_id)
+    log.info(
+        "event=jobs.claimed job=%s attempt=%d worker=%s", claim.job_id, claim.attempt, rt.worker_id
+    )
     t0 = time.perf_counter()
     keeper = LeaseKeeper(settings, claim)
     keeper.phases["claim"] = claim_s
+    # The lease keeper and the job's temporary files live until the job's last write, on this
+    # thread or the finisher's: closed (files removed, renewals stopped) before any failure is
+    # recorded, as the job's outcome is written after its resources are gone.
+    held = ExitStack()
+
+    def synthesize() -> Synthesized | None:
+        from workers.audio import WavFileWriter
+
+        with ExitStack() as undo:
+            undo.push(held)
+            held.enter_context(keeper)
+            writer = held.enter_context(
+                WavFileWriter.temporary(
+                    inp.format,
+                    inp.sample_rate,
+                    bit_depth=inp.bit_depth,
+                    loudness=inp.loudness_target,
+                )
+            )
+            done = _synthesize_all(rt, claim, inp, t0, keeper, writer, engine)
+            if done is not None:
+                undo.pop_all()  # the job goes on to its finish, which closes `held`
+            return done
+
+    def finish(done: Synthesized) -> None:
+        def store() -> None:
+            with held:
+                _store(rt, claim, inp, t0, keeper, done, beat=finisher is None)
+
+        _outcome(rt, claim, inp, oomed_before, keeper, store)
+        _ended(settings, claim, inp, keeper)
+
+    synthesized = _outcome(rt, claim, inp, oomed_before, keeper, synthesize)
+    if synthesized is None:
+        _ended(settings, claim, inp, keeper)
+    elif finisher is None:
+        finish(synthesized)
+    else:
+        finisher.submit(functools.partial(finish, synthesized))
+
+
+def _ended(settings: Settings, claim: q.Claim, inp: JobInput, keeper: LeaseKeeper) -> None:
+    # Succeeded, failed, canceled or spent: the kept segments go; re-queued: they stay.
+    if keeper.segments_kept:
+        _drop_segments_if_ended(settings, claim, inp)
+
+
+def _outcome(
+    rt: Runtime,
+    claim: q.Claim,
+    inp: JobInput,
+    oomed_before: bool,
+    keeper: LeaseKeeper,
+    stage: Callable[[], _T],
+) -> _T | None:
+    """Run one stage of the job; record what its exception means for the job (None then)."""
+    settings = rt.settings
+    job_id = claim.job_id
     try:
-        with keeper:
-            _run_claimed(rt, claim, inp, t0, keeper, engine)
+        return stage()
     except Stopped:
         log.info("event=jobs.stopped job=%s attempt=%d", job_id, claim.attempt)
     except DeviceUnhealthy as exc:
+        from tasks import finisher
         from workers.runtime import EXIT_DEVICE_UNHEALTHY
 
         try:
@@ -311,6 +395,8 @@ def run_claimed_job(
             if keeper.segments_kept:
                 _drop_segments_if_ended(settings, claim, inp)
             log.error("event=worker.device_unhealthy job=%s exiting for a restart", job_id)
+            # The job before this one may still be finishing: let it write its outcome.
+            finisher.drain(settings.worker_hang_seconds)
             # Exit so the supervisor restarts the process with a clean CUDA context, even when
             # the database write failed: the lease then expires and the reconciler takes over.
             os._exit(EXIT_DEVICE_UNHEALTHY)
@@ -321,30 +407,10 @@ def run_claimed_job(
     except Exception as exc:
         log.exception("event=jobs.engine_error job=%s attempt=%d", job_id, claim.attempt)
         _release(settings, claim, inp, ErrorCode.engine_error.value, f"{type(exc).__name__}: {exc}")
-    # Succeeded, failed, canceled or spent: the kept segments go; re-queued: they stay.
-    if keeper.segments_kept:
-        _drop_segments_if_ended(settings, claim, inp)
+    return None
 
 
-def _run_claimed(
-    rt: Runtime,
-    claim: q.Claim,
-    inp: JobInput,
-    t0: float,
-    keeper: LeaseKeeper,
-    engine: Engine | None = None,
-) -> None:
-    from workers import audio as audio_ops
-
-    # Audio goes to a temporary file segment by segment, so memory stays one segment deep
-    # whatever the text length; the file is removed after the upload, or on any failure.
-    with audio_ops.WavFileWriter.temporary(
-        inp.format, inp.sample_rate, bit_depth=inp.bit_depth, loudness=inp.loudness_target
-    ) as writer:
-        _synthesize_and_store(rt, claim, inp, t0, keeper, writer, engine)
-
-
-def _synthesize_and_store(
+def _synthesize_all(
     rt: Runtime,
     claim: q.Claim,
     inp: JobInput,
@@ -352,7 +418,9 @@ def _synthesize_and_store(
     keeper: LeaseKeeper,
     writer: WavFileWriter,
     engine: Engine | None = None,
-) -> None:
+) -> Synthesized | None:
+    """Every segment into `writer`, resuming from kept ones. None: the job ended here (its
+    deadline passed), its outcome written."""
     from workers.audio import join
     from workers.segments import add_timed
 
@@ -389,8 +457,12 @@ def _synthesize_and_store(
         segments=segments,
         webhook=inp.webhook,
     )
+    # From the claim to the engine's first call: lease keeper, temporary file, voice prompt,
+    # text normalisation and segmentation, kept segments, the first beat.
+    keeper.phases["prepare"] = time.perf_counter() - t0
     synth_seconds = 0.0
     timings: list[Timing] = []
+    last: tuple[int, str, Audio | None] | None = None
     for i, segment in enumerate(segments):
         if time.perf_counter() - t0 > settings.job_deadline_seconds:
             _fail(
@@ -400,7 +472,7 @@ def _synthesize_and_store(
                 ErrorCode.deadline_exceeded.value,
                 f"job ran past VOICEFARM_JOB_DEADLINE_SECONDS={settings.job_deadline_seconds:g}",
             )
-            return
+            return None
         # A segment an earlier attempt kept is read back, not synthesized again.
         audio = store.load(i, segment) if i in kept else None
         if audio is None:
@@ -413,9 +485,14 @@ def _synthesize_and_store(
             elif parts:
                 audio = parts[0] if len(parts) == 1 else join(parts)
             keeper.timed("keep", k0)
-        w0 = time.perf_counter()
-        timings.append(add_timed(writer, i, segment, audio))
-        keeper.timed("write", w0)
+        if i == len(segments) - 1:
+            # The last segment is written by the job's finish, on the finisher's thread when
+            # there is one: the engine moves on to the next job meanwhile.
+            last = (i, segment, audio)
+        else:
+            w0 = time.perf_counter()
+            timings.append(add_timed(writer, i, segment, audio))
+            keeper.timed("write", w0)
         if i + 1 >= first_missing:
             _beat(
                 rt,
@@ -427,8 +504,30 @@ def _synthesize_and_store(
                 segments=segments,
                 webhook=inp.webhook,
             )
-
     keeper.phases["synthesize"] = synth_seconds
+    return Synthesized(writer, segments, timings, synth_seconds, cloned, last)
+
+
+def _store(
+    rt: Runtime,
+    claim: q.Claim,
+    inp: JobInput,
+    t0: float,
+    keeper: LeaseKeeper,
+    done: Synthesized,
+    *,
+    beat: bool = True,
+) -> None:
+    """Check, encode and upload the audio, then write `succeeded` (fenced). `beat`: touch the
+    heartbeat after (not from the finisher's thread: the next job's segment beats own it)."""
+    from workers.segments import add_timed
+
+    settings = rt.settings
+    writer, segments = done.writer, done.segments
+    if done.last is not None:
+        w0 = time.perf_counter()
+        done.timings.append(add_timed(writer, *done.last))
+        keeper.timed("write", w0)
     q0 = time.perf_counter()
     silence = writer.silence()
     if silence is not None:
@@ -458,13 +557,13 @@ def _synthesize_and_store(
     keeper.timed("quality", q0)
     e0 = time.perf_counter()
     encoded = writer.finish()
-    quality = _finish_quality(inp, writer, verdict, _quality(inp.engine, cloned, writer.path))
+    quality = _finish_quality(inp, writer, verdict, _quality(inp.engine, done.cloned, writer.path))
     keeper.timed("encode", e0)
     key = job_audio_key(str(inp.tenant_id), str(claim.job_id), claim.attempt, encoded.format)
     storage = get_storage(settings)
     u0 = time.perf_counter()
     storage.put_file(key, encoded.path, encoded.content_type)
-    timings_key, subtitles_key = _store_timings(storage, claim, inp, timings)
+    timings_key, subtitles_key = _store_timings(storage, claim, inp, done.timings)
     upload_seconds = time.perf_counter() - u0
     keeper.phases["upload"] = upload_seconds
     f0 = time.perf_counter()
@@ -490,11 +589,12 @@ def _synthesize_and_store(
     if deliveries is None:
         raise Stopped()
     keeper.timed("finish", f0)
-    rt.beat()
+    if beat:
+        rt.beat()
     _observe(
         inp.engine,
         rt.device,
-        synth_seconds,
+        done.synth_seconds,
         upload_seconds,
         time.perf_counter() - t0,
         encoded.duration_s,
@@ -504,7 +604,7 @@ def _synthesize_and_store(
         claim.job_id,
         claim.attempt,
         encoded.duration_s,
-        synth_seconds / max(encoded.duration_s, 1e-6),
+        done.synth_seconds / max(encoded.duration_s, 1e-6),
     )
     # One line per job with where its time went (ms), for bench/efficiency.py.
     log.info(
@@ -737,7 +837,8 @@ def _release(settings: Settings, claim: q.Claim, inp: JobInput, code: str, messa
 
 
 def _dispatch(settings: Settings, engine: str, pool: str) -> None:
-    dispatch(settings.database_url, engine, pool, settings.dispatch_ahead)
+    """Publish the next jobs of the queue from a background thread (tasks/dispatch.py)."""
+    dispatch_soon(settings.database_url, engine, pool, settings.dispatch_ahead)
 
 
 def _fail(

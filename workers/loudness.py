@@ -33,21 +33,22 @@ class LoudnessMeter:
         self.rate = rate
         self.frames = 0
         self.hop = round(rate * BLOCK_S * STEP)
-        self._filters = [
-            IIRfilter(4.0, 1 / np.sqrt(2), 1500.0, rate, "high_shelf"),
-            IIRfilter(0.0, 0.5, 38.0, rate, "high_pass"),
-        ]
-        self._state = [np.zeros(max(len(f.a), len(f.b)) - 1) for f in self._filters]
+        # pyloudnorm's two K-weighting stages as one 4th-order filter (the product of their
+        # transfer functions and gains): one pass per block instead of two, and the
+        # coefficients computed once (pyloudnorm's `IIRfilter.b`/`.a` recompute on every read).
+        shelf = IIRfilter(4.0, 1 / np.sqrt(2), 1500.0, rate, "high_shelf")
+        high_pass = IIRfilter(0.0, 0.5, 38.0, rate, "high_pass")
+        gain = shelf.passband_gain * high_pass.passband_gain
+        self._b = gain * np.polymul(shelf.b, high_pass.b)
+        self._a = np.polymul(shelf.a, high_pass.a)
+        self._state = np.zeros(max(len(self._a), len(self._b)) - 1)
         self._carry = np.zeros(0)
         self._sums: list[np.ndarray] = []
 
     def add(self, samples: np.ndarray) -> None:
         if not len(samples):
             return
-        x = samples.astype(np.float64)
-        for i, f in enumerate(self._filters):
-            x, self._state[i] = lfilter(f.b, f.a, x, zi=self._state[i])
-            x = f.passband_gain * x
+        x, self._state = lfilter(self._b, self._a, samples.astype(np.float64), zi=self._state)
         self.frames += len(samples)
         buf = np.concatenate([self._carry, x * x])
         whole = len(buf) // self.hop * self.hop

@@ -1,0 +1,76 @@
+"""Finishing a job while the next one synthesizes.
+
+After a job's last segment the worker still has a quality check, the encode, the upload and the
+fenced `succeeded` write to do: 20-50 ms of CPU and round trips a job on this project's bench
+(docs/BENCHMARKS.md, "Efficiency"), during which the engine sat idle. `jobs.synthesize` hands
+that tail to the process's Finisher and returns, so Celery acks the message and the next job is
+claimed and starts synthesizing while the previous one finishes.
+
+At most one job is finishing: `submit` first waits for the previous finish, so a worker never
+runs further ahead than one job, and a wedged upload stops the next job at its hand-off (where
+the missing heartbeats get the process restarted) instead of piling up. The job's lease keeper
+runs until its finish is written, so a job finishing is still `running` with a live lease; a
+process that dies mid-finish leaves it to lease expiry and the reconciler, like a death
+mid-synthesis. A warm shutdown and a restart after CUDA OOM wait for the finish first
+(tasks/lifecycle.py, tasks/synthesize.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("voicefarm.jobs")
+
+
+class Finisher:
+    """One job's tail at a time, on a thread of its own."""
+
+    def __init__(self) -> None:
+        self._idle = threading.Event()
+        self._idle.set()
+        self._submit = threading.Lock()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on a new thread once the previous one has returned."""
+        with self._submit:
+            self._idle.wait()
+            self._idle.clear()
+            try:
+                threading.Thread(target=self._run, args=(fn,), name="job-finisher").start()
+            except BaseException:
+                self._idle.set()
+                raise
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for the job being finished, if any; False if it still runs after `timeout`."""
+        return self._idle.wait(timeout)
+
+    def _run(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            # The job's own handlers record every outcome; this is a bug or an outage that
+            # also broke its failure write (the lease then expires and the reconciler re-runs it).
+            log.exception("event=jobs.finish_crashed")
+        finally:
+            self._idle.set()
+
+
+_finisher: Finisher | None = None
+_lock = threading.Lock()
+
+
+def current() -> Finisher:
+    """The process's finisher (made on first use, so after the fork)."""
+    global _finisher
+    with _lock:
+        if _finisher is None:
+            _finisher = Finisher()
+        return _finisher
+
+
+def drain(timeout: float | None = None) -> bool:
+    """Wait for this process's finish in progress, if there is a finisher."""
+    return True if _finisher is None else _finisher.drain(timeout)
