@@ -100,10 +100,38 @@ def start(settings: Settings, hostname: str | None = None) -> Runtime:
             dtype,
             time.perf_counter() - t0,
         )
+    _warm_job_path(settings)
     _register(rt)
     rt.beat()
     _runtime = rt
     return rt
+
+
+def _warm_job_path(settings: Settings) -> None:
+    """Import and run the audio path once and build the storage client at start, so the first
+    job of a process does not spend about a second between its claim and its engine call on
+    imports (scipy, pyloudnorm, soundfile) and the client (bench/admission.py's first probe job
+    waited 1.3 s for them). Best effort: a failure here shows up again on the first job."""
+    t0 = time.perf_counter()
+    try:
+        import numpy as np
+
+        from core.storage import get_storage
+        from workers import quality, segments  # noqa: F401  (imported for their import cost)
+        from workers.audio import WavFileWriter
+        from workers.engines.base import Audio
+
+        rate = 16000
+        tone = 0.1 * np.sin(np.arange(rate // 2, dtype=np.float32) * 0.1)
+        with WavFileWriter.temporary("wav") as writer:
+            writer.add(Audio(tone.astype(np.float32), rate))
+            writer.stats()
+            writer.finish()
+        get_storage(settings)
+    except Exception:
+        log.warning("event=worker.warm_up_failed", exc_info=True)
+        return
+    log.info("event=worker.warmed_up seconds=%.2f", time.perf_counter() - t0)
 
 
 def _register(rt: Runtime) -> None:
