@@ -3,7 +3,7 @@
     .venv/bin/python bench/efficiency.py [--jobs 100] [--rounds 4] [--batch 8] [--write]
 
 Starts the API (uvicorn) and `voicefarm workers` (one CPU Piper worker) against a private
-database (`voicefarm_bench_eff`) and Redis db 13, and a bare child process that loads the same
+database (`voicefarm_bench_eff`) and Redis db 7, and a bare child process that loads the same
 Piper voice and synthesizes the same segments in a loop (no DB, broker, encode or upload).
 Rounds alternate farm and bare (order flipped each round) so load drifts hit both alike. Farm
 time per round is PostgreSQL's own: first `created_at` to last `finished_at`. The worker logs
@@ -94,7 +94,10 @@ class Farm:
         self.env = {
             **os.environ,
             "VOICEFARM_DATABASE_URL": DB_URL,
-            "VOICEFARM_REDIS_URL": "redis://127.0.0.1:6379/13",
+            # Not the admission bench's or the tests' Redis database: both flush theirs.
+            "VOICEFARM_REDIS_URL": os.environ.get(
+                "VOICEFARM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7"
+            ),
             "VOICEFARM_STORAGE_DIR": str(tmp / "storage"),
             "VOICEFARM_WORKER_STATE_DIR": str(tmp / f"run-b{batch}"),
             "VOICEFARM_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port}",
@@ -151,6 +154,26 @@ class Farm:
                     break  # FIFO-ish: poll lightly, the worker needs the cores
         assert not pending, f"{len(pending)} jobs unfinished"
         return ids
+
+    def peak_rss(self) -> dict[str, float]:
+        """Peak RSS (VmHWM, MiB) of the largest process under the API and under the workers
+        (the synthesis worker, with Piper loaded)."""
+        sys.path.insert(0, str(ROOT))
+        from tests.fixtures.processes import descendants
+
+        out = {}
+        for name, p in zip(("api", "worker"), self.procs, strict=True):
+            peak = 0.0
+            for pid in {p.pid, *descendants(p.pid)}:
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                m = re.search(r"VmHWM:\s+(\d+) kB", status)
+                if m:
+                    peak = max(peak, int(m.group(1)) / 1024)
+            out[name] = peak
+        return out
 
     def stop(self) -> None:
         self.client.close()
@@ -246,9 +269,13 @@ def main() -> None:
         farm = Farm(tmp, batch)
         try:
             results[batch] = measure(farm, bare, all_texts, args.rounds)
+            rss = farm.peak_rss()
         finally:
             farm.stop()
         out += report(f"batch {batch}", results[batch], args.jobs)
+        out.append(
+            f"  peak RSS (MiB): API process {rss['api']:.0f}, synthesis worker {rss['worker']:.0f}"
+        )
     if args.batch > 1:
         gain = results[1]["farm_s"] / results[args.batch]["farm_s"]
         bare_drift = results[args.batch]["bare_s"] / results[1]["bare_s"]

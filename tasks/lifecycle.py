@@ -8,6 +8,7 @@ while the consumer is wedged after a broker reconnect (DESIGN: known traps).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -35,6 +36,11 @@ def _start_runtime(sender: Any = None, **_: Any) -> None:
 
     hostname = getattr(sender, "hostname", None)
     runtime.start(settings, hostname)
+    if settings.finish_in_background:
+        # The finisher thread (encode, upload) and the task's thread (claim, text preparation
+        # of the next job) both want the GIL right after a hand-off; with the default 5 ms
+        # switch interval every hand-back of the GIL to the task's thread could cost 5 ms.
+        sys.setswitchinterval(0.001)
     if settings.worker_metrics_port:
         metrics.serve(settings.worker_metrics_port, settings.metrics_host)
 
