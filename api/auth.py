@@ -10,15 +10,19 @@ fails a request: the limiter then lets everything through (fails open) and logs 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated
+from functools import lru_cache
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 
+from api.settings import current_settings
 from core.errors import TooManyAuthFailures, Unauthorized
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from db import tenants as tq
 from db.models import DEFAULT_TENANT_ID
 from db.session import session_scope
@@ -56,11 +60,23 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _redis(settings: Settings):  # type: ignore[no-untyped-def]
+_REDIS_LOCK = threading.Lock()
+
+
+def _redis(settings: Settings) -> Any:
+    """The process's client (and connection pool) for the limiter, made on first use (house
+    rule 5): a client per request opened a TCP connection per request. Locked like
+    db.session.get_engine, so a first burst of threads makes one pool."""
+    with _REDIS_LOCK:
+        return _redis_for(settings.redis_url)
+
+
+@lru_cache
+def _redis_for(url: str) -> Any:
     import redis
 
     return redis.Redis.from_url(
-        settings.redis_url,
+        url,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
     )
@@ -77,28 +93,30 @@ def _failures(settings: Settings, client: str, add: bool) -> int:
     key = f"voicefarm:authfail:{client}:{window}"
     try:
         r = _redis(settings)
-        try:
-            if not add:
-                return int(r.get(key) or 0)
-            pipe = r.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, WINDOW_SECONDS * 2)
-            return int(pipe.execute()[0])
-        finally:
-            r.close()
+        if not add:
+            return int(r.get(key) or 0)
+        pipe = r.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, WINDOW_SECONDS * 2)
+        return int(pipe.execute()[0])
     except Exception as exc:  # redis errors, timeouts: fail open, never a 500
         log.warning("event=api.auth_limiter_unavailable error=%s", type(exc).__name__)
         return 0
 
 
-def get_caller(
+async def get_caller(
     request: Request,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[Settings, Depends(current_settings)],
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Caller:
     if not settings.auth_enabled:
         return DEFAULT_CALLER
-    client = _client(request)
+    # async, and one threadpool thread for the blocking part (Redis, PostgreSQL), only when
+    # there is one: with auth off a request needs no hand-off for this.
+    return await run_in_threadpool(_authenticate, settings, _client(request), authorization)
+
+
+def _authenticate(settings: Settings, client: str, authorization: str | None) -> Caller:
     limit = settings.auth_failures_per_minute
     if _failures(settings, client, add=False) >= limit:
         raise TooManyAuthFailures(

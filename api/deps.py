@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request, Response
@@ -11,20 +12,18 @@ from pydantic import BaseModel, TypeAdapter
 from sqlalchemy.orm import Session
 
 from api.auth import Caller, get_caller
+from api.settings import current_settings
 from api.waiter import JobWaiter
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from core.storage import Storage, get_storage
 from db.session import commit, get_sessionmaker, rollback
 
 
-def get_db(settings: Annotated[Settings, Depends(get_settings)]) -> Iterator[Session]:
-    """A session per request, committed here at the boundary (house rule 3): routes only flush.
-
-    It is declared with `scope="function"` below, so the commit (and the Celery messages queued
-    with `after_commit`) happens when the route returns, before the response is sent, and the
-    pooled connection goes back before a streamed body starts: a slow reader never holds one.
-    A failed commit propagates to the error handlers; the client never sees an id whose row is
-    not durable."""
+@contextmanager
+def request_session(settings: Settings) -> Iterator[Session]:
+    """A session committed (or rolled back) when the block ends: the request boundary of house
+    rule 3, for `get_db` and for routes that do all their database work in one thread
+    (POST /v1/jobs). Only after this block returns is a row durable; nothing inside commits."""
     session = get_sessionmaker(settings.database_url)()
     try:
         yield session
@@ -37,7 +36,21 @@ def get_db(settings: Annotated[Settings, Depends(get_settings)]) -> Iterator[Ses
         session.close()
 
 
-def get_waiter(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> JobWaiter:
+def get_db(settings: Annotated[Settings, Depends(current_settings)]) -> Iterator[Session]:
+    """A session per request, committed here at the boundary (house rule 3): routes only flush.
+
+    It is declared with `scope="function"` below, so the commit (and the Celery messages queued
+    with `after_commit`) happens when the route returns, before the response is sent, and the
+    pooled connection goes back before a streamed body starts: a slow reader never holds one.
+    A failed commit propagates to the error handlers; the client never sees an id whose row is
+    not durable."""
+    with request_session(settings) as session:
+        yield session
+
+
+async def get_waiter(
+    request: Request, settings: Annotated[Settings, Depends(current_settings)]
+) -> JobWaiter:
     """The process's one JobWaiter (api/waiter.py), made on first use and closed at shutdown."""
     waiter: JobWaiter | None = getattr(request.app.state, "waiter", None)
     if waiter is None:
@@ -46,7 +59,7 @@ def get_waiter(request: Request, settings: Annotated[Settings, Depends(get_setti
     return waiter
 
 
-def _storage(settings: Annotated[Settings, Depends(get_settings)]) -> Storage:
+def _storage(settings: Annotated[Settings, Depends(current_settings)]) -> Storage:
     return get_storage(settings)
 
 
@@ -80,7 +93,7 @@ PageCursor = Annotated[
         description="Opaque: the `next_cursor` of the previous page.",
     ),
 ]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(current_settings)]
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 StorageDep = Annotated[Storage, Depends(_storage)]
 WaiterDep = Annotated[JobWaiter, Depends(get_waiter)]

@@ -289,7 +289,10 @@ def dispatch_overhead(farm: Farm, jobs: int) -> dict[str, list[float]]:
             assert r.status_code == 202, r.text
             jid = r.json()["id"]
             sent[jid] = (word, t0)
+            deadline = time.monotonic() + 60
             while c.get(f"/v1/jobs/{jid}").json()["status"] not in ("succeeded", "failed"):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"job {jid} did not finish in 60 s; see {farm.tmp}")
                 time.sleep(0.005)
     stamps = {}
     for line in farm.stamps.read_text().splitlines():
