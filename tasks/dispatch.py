@@ -12,6 +12,7 @@ Imports nothing from workers/: the API calls this too.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 from core.enums import Priority
@@ -107,14 +108,15 @@ def dispatch_after_admission(database_url: str, key: d.QueueKey, ahead: int) -> 
 
 
 def dispatch_soon(database_url: str, engine: str, pool: str, ahead: int) -> None:
-    """Fill the (engine, pool) queues of every priority from a short-lived thread, coalesced with
-    any pass of this process already running for them; returns at once.
+    """Fill the (engine, pool) queues of every priority from this process's dispatch thread,
+    coalesced with any pass already running for them; returns at once.
 
     A worker calls this after a claim, a release or a finish: the claimed job starts
     synthesizing while the next message is published (about 10-20 ms of advisory lock, fair-share
     queries, commit and publish that used to sit between the claim and the engine). The next
     message still lands long before the job ends; a process that dies first leaves the queue to
     the next dispatch or the reconciler, as any lost publish."""
+    global _soon_thread
     for priority in Priority:
         token = (database_url, d.QueueKey(engine, pool, priority.value), ahead)
         with _lock:
@@ -122,7 +124,21 @@ def dispatch_soon(database_url: str, engine: str, pool: str, ahead: int) -> None
                 _dirty.add(token)
                 continue
             _running.add(token)
-        threading.Thread(target=_drain, args=(token,), name="dispatch-soon", daemon=True).start()
+            _soon.put(token)
+            if _soon_thread is None or not _soon_thread.is_alive():
+                _soon_thread = threading.Thread(target=_soon_loop, name="dispatch", daemon=True)
+                _soon_thread.start()
+
+
+_soon: queue.SimpleQueue[tuple[str, d.QueueKey, int]] = queue.SimpleQueue()
+_soon_thread: threading.Thread | None = None
+
+
+def _soon_loop() -> None:
+    """One long-lived thread per process runs the passes `dispatch_soon` asked for (a thread per
+    call cost about 1% of a busy worker's time in thread starts)."""
+    while True:
+        _drain(_soon.get())
 
 
 def _passes(token: tuple[str, d.QueueKey, int], limit: int | None) -> None:
