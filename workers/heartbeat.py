@@ -51,10 +51,13 @@ def write(
     if path is None:
         return
     beat = Beat(time.monotonic(), phase, job, job_started, busy_until, os.getpid())
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Per process and thread: batched jobs beat from several threads of one process at once.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(asdict(beat)))
+    try:
+        tmp.write_text(json.dumps(asdict(beat)))
+    except FileNotFoundError:  # the folder is made on the first beat (or made again)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(asdict(beat)))
     os.replace(tmp, path)
 
 
