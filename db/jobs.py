@@ -11,12 +11,13 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Table, and_, func, insert, inspect, or_, select, update
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
-from core.enums import ErrorCode, JobStatus, WebhookEvent
+from core.enums import ErrorCode, JobStatus, Priority, WebhookEvent
 from core.errors import InvalidCursor, JobNotCancelable, JobNotFound
 from db.models import Job
 from db.webhooks import add_event
@@ -64,15 +65,32 @@ def find_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) ->
     return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
+# Every column of a job, by mapped attribute (`metadata_`) and column name (`metadata`).
+_JOB_COLUMNS = [(a.key, a.columns[0]) for a in inspect(Job).column_attrs]
+_INSERT_JOB = insert(cast(Table, Job.__table__)).returning(*(column for _, column in _JOB_COLUMNS))
+
+
 def create_job(session: Session, job: Job, base_url: str) -> list[str]:
-    """Insert a queued job and its `job.queued` event; returns delivery ids to send after commit.
+    """Insert `job` (new, from admission) as a queued job and its `job.queued` event; returns
+    delivery ids to send after commit. `job` ends as add + flush + refresh would leave it: in
+    the session, every column loaded as the row was written.
+
+    One Core INSERT ... RETURNING every column, instead of the ORM's unit of work and a SELECT
+    for the refresh (about 1 ms of CPU per job; docs/BENCHMARKS.md, Admission). Row defaults
+    are the same: what admission left unset is left out, so the column's Python default (Core
+    applies it) or server default (returned) fills it, as in a flush.
 
     The job is not dispatched yet: tasks/dispatch.py publishes it when its queue has room."""
     job.status = JobStatus.queued.value
     job.dispatched_at = None
-    session.add(job)
-    session.flush()
-    session.refresh(job)
+    given = job.__dict__
+    row = session.execute(
+        _INSERT_JOB, {column.name: given[key] for key, column in _JOB_COLUMNS if key in given}
+    ).one()
+    for (key, _), value in zip(_JOB_COLUMNS, row, strict=True):
+        set_committed_value(job, key, value)
+    make_transient_to_detached(job)
+    session.add(job)  # persistent: no SQL, no pending change
     delivery = add_event(session, job, WebhookEvent.queued, base_url)
     return [delivery] if delivery else []
 
@@ -105,6 +123,42 @@ def claim_job(
         .returning(Job.attempts)
     ).scalar_one_or_none()
     return None if attempt is None else Claim(job_id, attempt, worker_id)
+
+
+def claim_next(
+    session: Session, engines: list[str], pool: str, worker_id: str, lease_seconds: float
+) -> Claim | None:
+    """Claim a worker's next job ahead of its message (prefetch, tasks/prefetch.py): the oldest
+    in-flight job (dispatched, so fair share already chose it) on one of `engines` in `pool`,
+    interactive before batch, skipping rows another worker is claiming. Its message, when it
+    comes, claims nothing. None when nothing is in flight."""
+    nxt = (
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.queued.value,
+            Job.dispatched_at.is_not(None),
+            Job.engine.in_(engines),
+            Job.pool == pool,
+        )
+        .order_by(Job.priority != Priority.interactive.value, Job.dispatched_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        update(Job)
+        .where(Job.id == nxt, Job.status == JobStatus.queued.value)
+        .values(
+            status=JobStatus.running.value,
+            attempts=Job.attempts + 1,
+            worker_id=worker_id,
+            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, func.now()),
+        )
+        .returning(Job.id, Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    return None if row is None else Claim(row.id, row.attempts, worker_id)
 
 
 def claim_mates(
