@@ -18,9 +18,9 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
-from fastapi.concurrency import run_in_threadpool
 
 from api.settings import current_settings
+from api.threads import in_thread
 from core.errors import TooManyAuthFailures, Unauthorized
 from core.settings import Settings
 from db import tenants as tq
@@ -111,9 +111,9 @@ async def get_caller(
 ) -> Caller:
     if not settings.auth_enabled:
         return DEFAULT_CALLER
-    # async, and one threadpool thread for the blocking part (Redis, PostgreSQL), only when
-    # there is one: with auth off a request needs no hand-off for this.
-    return await run_in_threadpool(_authenticate, settings, _client(request), authorization)
+    # async, and one thread hop for the blocking part (Redis, PostgreSQL), only when there is
+    # one: with auth off a request needs no hand-off for this.
+    return await in_thread(_authenticate, settings, _client(request), authorization)
 
 
 def _authenticate(settings: Settings, client: str, authorization: str | None) -> Caller:

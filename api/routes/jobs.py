@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from api.auth import Caller
@@ -26,6 +25,7 @@ from api.deps import (
 from api.errors import responses
 from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDeliveryOut
 from api.submit import submit
+from api.threads import in_thread
 from core.engines import CONTENT_TYPES, DEFAULT_BIT_DEPTH, content_type
 from core.enums import JobStatus
 from core.errors import (
@@ -100,10 +100,10 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Submit a synthesis job; answers at once with the queued job."""
-    # async, with one threadpool thread for everything that blocks: a sync route with a
-    # SessionDep took four hand-offs (session, route, commit, answer), each costing more CPU
-    # than most of the work (docs/BENCHMARKS.md, Admission).
-    return await run_in_threadpool(_create, body, settings, caller, idempotency_key)
+    # async, with one thread hop for everything that blocks: a sync route with a SessionDep
+    # took four hand-offs (session, route, commit, answer), each costing more CPU than most of
+    # the work (docs/BENCHMARKS.md, Admission).
+    return await in_thread(_create, body, settings, caller, idempotency_key)
 
 
 def _create(
