@@ -48,7 +48,18 @@ def _engine(url: str) -> Engine:
 
 
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False, autoflush=True)
+    """The process's one session factory for `url`, bound to its engine.
+
+    Made once: each sessionmaker() makes a new Session subclass, and SQLAlchemy builds the
+    event dispatch of a new class on its first session, so one per request cost admission a
+    tenth of its CPU (docs/BENCHMARKS.md, Admission)."""
+    with _ENGINE_LOCK:
+        return _sessionmaker(url)
+
+
+@lru_cache
+def _sessionmaker(url: str) -> sessionmaker[Session]:
+    return sessionmaker(bind=_engine(url), expire_on_commit=False, autoflush=True)
 
 
 def after_commit(session: Session, fn: Callable[[], object]) -> None:
