@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     # background thread and takes its next message meanwhile (tasks/finisher.py); at most one
     # job is finishing while the next synthesizes. false: everything on the task's thread.
     finish_in_background: bool = True
+    # While a job's last segment synthesizes, claim the worker's next in-flight job so the
+    # engine starts it without a trip through Celery (tasks/prefetch.py); such a chain goes
+    # back to Celery after this many seconds. Off while batching (the batch claims mates).
+    prefetch: bool = True
+    prefetch_chain_seconds: float = Field(120.0, ge=0)
     # Prepared voice prompts in Redis: entries larger than this stay in storage only; each
     # lives this long in Redis (storage keeps them behind it).
     prompt_cache_max_bytes: int = Field(32 * 1024 * 1024, ge=0)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from core.storage import Storage
     from db.models import Job
     from tasks.finisher import Finisher
+    from tasks.prefetch import Prefetch
     from workers.audio import WavFileWriter
     from workers.engines.base import Audio, Engine, PreparedVoice
     from workers.prompt_cache import VoiceRef
@@ -231,7 +232,19 @@ def run_job(rt: Runtime, job_id: uuid.UUID) -> None:
             from tasks import finisher as finishers
 
             finisher = finishers.current()
-        run_claimed_job(rt, *claimed[0], claim_s=claim_s, finisher=finisher)
+        prefetch = None
+        if settings.prefetch and settings.batch_max <= 1:
+            from tasks.prefetch import Prefetch
+
+            prefetch = Prefetch(rt, time.monotonic())
+        # The job, then each job claimed ahead while the one before was on its last segment.
+        current: tuple[q.Claim, JobInput, bool, float] | None = (*claimed[0], claim_s)
+        while current is not None:
+            claim, inp, oomed_before, claim_s = current
+            run_claimed_job(
+                rt, claim, inp, oomed_before, claim_s=claim_s, finisher=finisher, prefetch=prefetch
+            )
+            current = prefetch.take() if prefetch is not None else None
         return
     from tasks.batch import run_batch
 
@@ -300,11 +313,13 @@ def run_claimed_job(
     claim_s: float = 0.0,
     engine: Engine | None = None,
     finisher: Finisher | None = None,
+    prefetch: Prefetch | None = None,
 ) -> None:
     """Synthesize, store and finish one claimed job; every outcome is a fenced write. `engine`
     overrides the runtime's (a batch's shared engine call, tasks/batch.py). With a `finisher`
     (tasks/finisher.py) the tail after the last segment (quality, encode, upload, finish) runs on
-    its thread and this returns once synthesis is done."""
+    its thread and this returns once synthesis is done. With a `prefetch` (tasks/prefetch.py) the
+    worker's next job is claimed when this one starts its last segment."""
     settings = rt.settings
     log.info(
         "event=jobs.claimed job=%s attempt=%d worker=%s", claim.job_id, claim.attempt, rt.worker_id
@@ -331,7 +346,8 @@ def run_claimed_job(
                     loudness=inp.loudness_target,
                 )
             )
-            done = _synthesize_all(rt, claim, inp, t0, keeper, writer, engine)
+            on_last = prefetch.start if prefetch is not None else None
+            done = _synthesize_all(rt, claim, inp, t0, keeper, writer, engine, on_last)
             if done is not None:
                 undo.pop_all()  # the job goes on to its finish, which closes `held`
             return done
@@ -418,9 +434,10 @@ def _synthesize_all(
     keeper: LeaseKeeper,
     writer: WavFileWriter,
     engine: Engine | None = None,
+    on_last_segment: Callable[[], None] | None = None,
 ) -> Synthesized | None:
     """Every segment into `writer`, resuming from kept ones. None: the job ended here (its
-    deadline passed), its outcome written."""
+    deadline passed), its outcome written. `on_last_segment` is called as the last one starts."""
     from workers.audio import join
     from workers.segments import add_timed
 
@@ -473,6 +490,8 @@ def _synthesize_all(
                 f"job ran past VOICEFARM_JOB_DEADLINE_SECONDS={settings.job_deadline_seconds:g}",
             )
             return None
+        if i == len(segments) - 1 and on_last_segment is not None:
+            on_last_segment()
         # A segment an earlier attempt kept is read back, not synthesized again.
         audio = store.load(i, segment) if i in kept else None
         if audio is None:
