@@ -161,42 +161,6 @@ def claim_next(
     return None if row is None else Claim(row.id, row.attempts, worker_id)
 
 
-def claim_next(
-    session: Session, engines: list[str], pool: str, worker_id: str, lease_seconds: float
-) -> Claim | None:
-    """Claim a worker's next job ahead of its message (prefetch, tasks/prefetch.py): the oldest
-    in-flight job (dispatched, so fair share already chose it) on one of `engines` in `pool`,
-    interactive before batch, skipping rows another worker is claiming. Its message, when it
-    comes, claims nothing. None when nothing is in flight."""
-    nxt = (
-        select(Job.id)
-        .where(
-            Job.status == JobStatus.queued.value,
-            Job.dispatched_at.is_not(None),
-            Job.engine.in_(engines),
-            Job.pool == pool,
-        )
-        .order_by(Job.priority != Priority.interactive.value, Job.dispatched_at)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    row = session.execute(
-        update(Job)
-        .where(Job.id == nxt, Job.status == JobStatus.queued.value)
-        .values(
-            status=JobStatus.running.value,
-            attempts=Job.attempts + 1,
-            worker_id=worker_id,
-            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, func.now()),
-        )
-        .returning(Job.id, Job.attempts)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
-    return None if row is None else Claim(row.id, row.attempts, worker_id)
-
-
 def claim_mates(
     session: Session, like: Job, worker_id: str, lease_seconds: float, limit: int
 ) -> list[Claim]:
