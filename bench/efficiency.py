@@ -88,7 +88,7 @@ def _port() -> int:
 
 
 class Farm:
-    def __init__(self, tmp: Path, batch: int) -> None:
+    def __init__(self, tmp: Path, batch: int, extra_env: dict[str, str] | None = None) -> None:
         self.port = _port()
         self.log_path = tmp / f"farm-b{batch}.log"
         self.env = {
@@ -108,6 +108,7 @@ class Farm:
             "VOICEFARM_AUTH_ENABLED": "false",
             "VOICEFARM_BATCH_MAX": str(batch),
             "VOICEFARM_DISPATCH_AHEAD": str(max(2, batch)),
+            **(extra_env or {}),
         }
         import redis
 
@@ -248,6 +249,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch", type=int, default=0, help="also run a farm batching N jobs")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="farm setting for an ablation, e.g. VOICEFARM_PREFETCH=false (repeatable)",
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="voicefarm-eff-"))
@@ -263,10 +271,11 @@ def main() -> None:
     out = [
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "
         f"load {load[0]:.2f}; {args.jobs} jobs of 1-3 sentences, {args.rounds} rounds"
+        + (f"; {' '.join(args.env)}" if args.env else "")
     ]
     results: dict[int, dict[str, Any]] = {}
     for batch in [1] + ([args.batch] if args.batch > 1 else []):
-        farm = Farm(tmp, batch)
+        farm = Farm(tmp, batch, dict(kv.split("=", 1) for kv in args.env))
         try:
             results[batch] = measure(farm, bare, all_texts, args.rounds)
             rss = farm.peak_rss()
@@ -290,16 +299,16 @@ def main() -> None:
 
 
 def write(lines: list[str], command: str) -> None:
+    """Replace the generated block of docs/BENCHMARKS.md (between the markers; the prose
+    around it is kept), or add a section with one."""
     path = ROOT / "docs" / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = (
-        "## Efficiency (farm vs bare engine loop)\n\n"
-        f"`{command}` (bench/efficiency.py)\n\n```\n" + "\n".join(lines) + "\n```\n"
-    )
-    pattern = re.compile(r"## Efficiency \(farm vs bare engine loop\)\n.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(section.rstrip("\n"), text) if pattern.search(text) else (
-        text.rstrip("\n") + "\n\n" + section
-    )  # fmt: skip
+    begin, end = "<!-- bench/efficiency.py:begin -->", "<!-- bench/efficiency.py:end -->"
+    block = f"{begin}\n`{command}`\n\n```\n" + "\n".join(lines) + f"\n```\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n## Efficiency (farm vs bare engine loop)\n\n" + block + "\n"
     path.write_text(text)
 
 
