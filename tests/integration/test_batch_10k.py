@@ -95,8 +95,11 @@ def test_ten_thousand_items(farm: str, receiver: Receiver, log_dir: Path) -> Non
     )
     (log_dir / "batch-10k.txt").write_text(report + "\n")
     print(report)
+    # The event loop stayed free: the probes kept being answered while the POST was in
+    # flight (a blocked loop answers none until it ends). Their latencies are a figure for
+    # docs/BENCHMARKS.md, printed above, not an assertion: they move with the machine's load.
     assert len(during[0]) >= 3, "healthz was not served while the batch was admitted"
-    assert max(during[0]) < 1000
+    assert len(during[1]) >= 3, "GET /v1/jobs was not served while the batch was admitted"
 
     c = httpx.Client(base_url=farm, timeout=30)
     t1 = time.perf_counter()
