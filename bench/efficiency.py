@@ -250,6 +250,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch", type=int, default=0, help="also run a farm batching N jobs")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="onnxruntime threads of the engine, bare and farm alike (VOICEFARM_PIPER_THREADS);"
+        " fewer than the cores leaves the farm's own processes a core, as a GPU host would",
+    )
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
@@ -260,6 +267,9 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="voicefarm-eff-"))
     env = {**os.environ, "VOICEFARM_DATABASE_URL": DB_URL}
+    if args.threads:
+        env["VOICEFARM_PIPER_THREADS"] = str(args.threads)
+        args.env.append(f"VOICEFARM_PIPER_THREADS={args.threads}")
     subprocess.run([sys.executable, "-m", "cli.main", "migrate"], cwd=ROOT, env=env, check=True)
     all_texts = texts(args.jobs)
     bare = subprocess.Popen(

