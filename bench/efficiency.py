@@ -64,7 +64,8 @@ from core.textnorm import prepare
 from workers.engines.base import SegmentRequest
 from workers.engines.piper import PiperEngine
 s = get_settings()
-e = PiperEngine(s); e.load("cpu", "fp32")
+from workers.device import resolve
+e = PiperEngine(s); e.load(*resolve(s))  # the device (and dtype) the farm's worker gets
 print("ready", flush=True)
 for line in sys.stdin:
     texts = json.loads(line)
