@@ -18,11 +18,11 @@ BASE = "http://test"
 def _new_job(url: str, **kw: Any) -> uuid.UUID:
     with session_scope(url) as s:
         job = Job(
-            engine="tone",
+            engine=kw.pop("engine", "tone"),
             text="hello",
             format="wav",
             speed=1.0,
-            priority="interactive",
+            priority=kw.pop("priority", "interactive"),
             metadata_={},
             attempts=0,
             max_attempts=kw.pop("max_attempts", 3),
@@ -172,3 +172,44 @@ def test_a_webhook_attempt_whose_lock_expired_cannot_overwrite_the_next(db: str)
         d = s.get(WebhookDelivery, delivery_id)
         assert d.status == "delivered"
         assert [a.attempt for a in wq.attempts_for(s, [delivery_id])] == [2, 1]
+
+
+def _dispatched(url: str, job_id: uuid.UUID, seconds_ago: int) -> None:
+    with session_scope(url) as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(dispatched_at=text(f"now() - interval '{seconds_ago} seconds'"))
+        )
+
+
+def test_claim_next_takes_the_workers_in_flight_jobs_interactive_first(db: str) -> None:
+    """Prefetch's claim (db.jobs.claim_next): only dispatched (in flight) jobs of the worker's
+    engines and pool; interactive before batch, then oldest dispatch; a job claimed is not
+    claimed again, and its own message then claims nothing."""
+    engine = f"prefetch-{uuid.uuid4().hex[:8]}"  # no other test's jobs on it
+    old_batch = _new_job(db, engine=engine, priority="batch")
+    interactive = _new_job(db, engine=engine)
+    newer_interactive = _new_job(db, engine=engine)
+    _new_job(db, engine=engine)  # queued, never dispatched: fair share has not chosen it
+    elsewhere = _new_job(db, engine=engine, pool="vip")
+    other_engine = _new_job(db, engine=f"{engine}-other")
+    for job_id, ago in [
+        (old_batch, 30),
+        (interactive, 20),
+        (newer_interactive, 10),
+        (elsewhere, 40),
+        (other_engine, 40),
+    ]:
+        _dispatched(db, job_id, ago)
+
+    def nxt() -> uuid.UUID | None:
+        with session_scope(db) as s:
+            claim = q.claim_next(s, [engine], "default", "w", 30)
+        return None if claim is None else claim.job_id
+
+    assert [nxt() for _ in range(4)] == [interactive, newer_interactive, old_batch, None]
+    with session_scope(db) as s:
+        assert q.claim_job(s, interactive, "w2", 30) is None  # its message claims nothing
+        row = q.get_job(s, interactive)
+        assert (row.status, row.attempts, row.worker_id) == ("running", 1, "w")
