@@ -40,9 +40,9 @@ from sqlalchemy import func, update
 from db import jobs as q
 from db.models import DEFAULT_TENANT_ID, Job
 from db.session import session_scope
-from tasks.dispatch import dispatch
 from tests.fixtures.audio_checks import assert_speech, read_wav
 from tests.fixtures.engines import FAIL_MARKER, BatchToneEngine, tone
+from tests.fixtures.jobs import submit_together as submit
 from tests.fixtures.processes import Proc, start_worker, wait_until
 from tests.fixtures.s3 import TEST_BUCKET_PREFIX, moto_server, s3_env
 from tests.integration.test_worker_jobs import wait_job
@@ -134,15 +134,9 @@ def _noiseless_piper_voice(folder: Path) -> Path:
 
 
 def submit_together(url: str, engine: str, texts: list[str]) -> list[uuid.UUID]:
-    """The jobs committed in one transaction, then dispatched (what admission does), so all are
-    in flight before the worker claims the first."""
-    ids = []
-    with session_scope(url) as s:
-        for text in texts:
-            job = Job(engine=engine, text=text, tenant_id=DEFAULT_TENANT_ID, max_attempts=3)
-            q.create_job(s, job, "http://test")
-            ids.append(job.id)
-    assert dispatch(url, engine, "default", AHEAD) == len(texts)
+    """All dispatched (AHEAD in flight) before the worker claims the first: mates to batch."""
+    ids, sent = submit(url, engine, texts, AHEAD)
+    assert sent == len(texts)
     return ids
 
 

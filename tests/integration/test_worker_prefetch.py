@@ -16,11 +16,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from db import jobs as q
-from db.models import DEFAULT_TENANT_ID, Job
 from db.session import session_scope
-from tasks.dispatch import dispatch
 from tasks.maintenance import reconcile
+from tests.fixtures.jobs import submit_together as submit
 from tests.fixtures.processes import Proc, start_worker, wait_until
 from tests.integration.test_worker_jobs import wait_job
 
@@ -28,14 +26,8 @@ AHEAD = 2  # the default: the chain must work with the usual two messages in fli
 
 
 def submit_together(url: str, engine: str, texts: list[str]) -> list[uuid.UUID]:
-    """Committed in one transaction, then dispatched as admission does."""
-    ids = []
-    with session_scope(url) as s:
-        for t in texts:
-            job = Job(engine=engine, text=t, tenant_id=DEFAULT_TENANT_ID, max_attempts=3)
-            q.create_job(s, job, "http://test")
-            ids.append(job.id)
-    dispatch(url, engine, "default", AHEAD)
+    ids, sent = submit(url, engine, texts, AHEAD)
+    assert sent == min(AHEAD, len(texts))
     return ids
 
 
@@ -76,16 +68,23 @@ def test_a_backlog_runs_as_one_chain_and_each_job_once(
 def test_a_worker_killed_holding_a_prefetched_job_loses_nothing(
     client: TestClient, db: str, log_dir: Path
 ) -> None:
-    """SIGKILL right after the worker claimed job B ahead (A still synthesizing): B is `running`
-    under a dead worker's lease, like A. Once the lease has expired (set in the database rather
-    than waited for) the reconciler queues both again and another worker runs them."""
+    """SIGKILL right after the worker claimed one job (B) ahead while the other still
+    synthesizes: B is `running` under a dead worker's lease, like the other. Once the lease has
+    expired (set in the database rather than waited for) the reconciler queues both again and
+    another worker runs them."""
     first = start_worker(log_dir, "slow", name="prefetch-killed", extra_queues="")
     second = None
     try:
-        a, b = submit_together(db, "slow", ["Held in hand.", "Claimed ahead."])
-        wait_until(lambda: str(b) in prefetched(first), timeout=30, what="B to be claimed ahead")
+        # Committed together, the two share a created_at: either may be dispatched first.
+        pair = submit_together(db, "slow", ["One of two.", "The other."])
+        claimed_ahead = wait_until(
+            lambda: prefetched(first) & {str(i) for i in pair},
+            timeout=30,
+            what="one of the two to be claimed ahead",
+        )
         first.signal(signal.SIGKILL)
         first.popen.wait(timeout=10)
+        (b,) = [i for i in pair if str(i) in claimed_ahead]
         with session_scope(db) as s:
             rows = dict(s.execute(text("SELECT id::text, status FROM jobs")).all())
             assert rows[str(b)] == "running"  # claimed, never started: a dead worker's job
@@ -96,7 +95,7 @@ def test_a_worker_killed_holding_a_prefetched_job_loses_nothing(
         counts = reconcile()
         assert counts["expired"] >= 1
         second = start_worker(log_dir, "slow", name="prefetch-rescue", extra_queues="")
-        for job_id in (a, b):
+        for job_id in pair:
             done = wait_job(client, str(job_id))
             assert done["status"] == "succeeded", second.tail()
         assert wait_job(client, str(b))["attempts"] == 2
