@@ -10,7 +10,8 @@ Their messages arrive later and claim nothing.
 
 It never holds more than one job the engine has not started: the claim happens during the
 current job's last segment, so its lease (renewed by the job's own keeper once it starts) runs
-at most one segment before the job does. A worker that dies with a prefetched job leaves it
+at most one segment before the job does; a job that waited a third of a lease or more has its
+lease renewed (fenced) before it starts, and is dropped if the reconciler took it back. A worker that dies with a prefetched job leaves it
 `running` with a lease that expires, and the reconciler re-queues it, as for any job in hand.
 """
 
@@ -59,6 +60,7 @@ class Prefetch:
         self.rt = rt
         self.chain_started = chain_started
         self._future: Future[Prefetched | None] | None = None
+        self._claimed_at = 0.0
 
     def start(self) -> None:
         """Claim the next job in the background (the current job is on its last segment)."""
@@ -72,11 +74,26 @@ class Prefetch:
         self._future = _pool().submit(self._claim)
 
     def take(self) -> Prefetched | None:
-        """The job claimed ahead, once the claim is done; None when there was none."""
+        """The job claimed ahead, once the claim is done; None when there was none, or when
+        its lease ran out while the last segment before it took longer than the lease (the
+        reconciler has queued it again by then: its next attempt is someone else's)."""
         if self._future is None:
             return None
         future, self._future = self._future, None
-        return future.result()
+        got = future.result()
+        if got is None:
+            return None
+        claim = got[0]
+        settings = self.rt.settings
+        if time.monotonic() - self._claimed_at < settings.lease_seconds / 3:
+            return got
+        # Waited a good part of a lease: renew it (fenced) before the job's own keeper starts.
+        with session_scope(settings.database_url) as s:
+            alive = q.heartbeat(s, claim, settings.lease_seconds)
+        if not alive:
+            log.info("event=jobs.prefetch_lost job=%s attempt=%d", claim.job_id, claim.attempt)
+            return None
+        return got
 
     def _claim(self) -> Prefetched | None:
         from tasks.synthesize import _claimed, _dispatch
@@ -97,5 +114,6 @@ class Prefetch:
             # Nothing was claimed (the transaction rolled back); the job's message runs it.
             log.warning("event=jobs.prefetch_failed", exc_info=True)
             return None
+        self._claimed_at = time.monotonic()
         log.info("event=jobs.prefetched job=%s attempt=%d", claim.job_id, claim.attempt)
         return (*claimed, time.perf_counter() - c0)

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from core.settings import Settings
 from db.session import session_scope
 from tasks.maintenance import reconcile
+from tasks.prefetch import Prefetch
 from tests.fixtures.jobs import submit_together as submit
 from tests.fixtures.processes import Proc, start_worker, wait_until
 from tests.integration.test_worker_jobs import wait_job
@@ -133,3 +137,33 @@ def test_a_warm_shutdown_ends_the_chain(client: TestClient, db: str, log_dir: Pa
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_prefetched_job_whose_lease_ran_out_is_not_started(db: str, settings: Settings) -> None:
+    """The segment before it outlasted the lease and the reconciler queued the job again: the
+    prefetch's fenced renewal fails and the chain does not start a job that is no longer its
+    own; one that waited less than a third of a lease starts without a renewal. (In-process:
+    the Prefetch object against the real database; no engine is needed.)"""
+    engine = f"prefetch-{uuid.uuid4().hex[:8]}"
+    rt = SimpleNamespace(settings=settings, engines={engine: None}, worker_id="w-prefetch")
+    ids, _ = submit(db, engine, ["First.", "Second."], 2)
+
+    def prefetch_one() -> Prefetch:
+        p = Prefetch(rt, time.monotonic())  # type: ignore[arg-type]
+        p.start()
+        return p
+
+    kept = prefetch_one()
+    got = kept.take()
+    assert got is not None and got[0].job_id in ids
+
+    lost = prefetch_one()
+    lost._future.result()  # type: ignore[union-attr]  # claimed
+    (other,) = [i for i in ids if i != got[0].job_id]
+    with session_scope(db) as s:  # what the reconciler does to an expired lease
+        s.execute(
+            text("UPDATE jobs SET status = 'queued', worker_id = NULL WHERE id = :i"),
+            {"i": str(other)},
+        )
+    lost._claimed_at -= settings.lease_seconds
+    assert lost.take() is None
