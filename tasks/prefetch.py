@@ -11,8 +11,9 @@ Their messages arrive later and claim nothing.
 It never holds more than one job the engine has not started: the claim happens during the
 current job's last segment, so its lease (renewed by the job's own keeper once it starts) runs
 at most one segment before the job does; a job that waited a third of a lease or more has its
-lease renewed (fenced) before it starts, and is dropped if the reconciler took it back. A worker that dies with a prefetched job leaves it
-`running` with a lease that expires, and the reconciler re-queues it, as for any job in hand.
+lease renewed (fenced) before it starts, and is dropped if the reconciler took it back. A
+worker that dies with a prefetched job leaves it `running` with a lease that expires, and the
+reconciler re-queues it, as for any job in hand.
 """
 
 from __future__ import annotations
