@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, func, insert, inspect, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Update,
+    and_,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -103,6 +114,18 @@ def _fenced(claim: Claim) -> ColumnElement[bool]:
     )
 
 
+def _claiming(worker_id: str, lease_seconds: float) -> Update:
+    """The UPDATE every claim makes (one job, the next in flight, a batch's mates): running,
+    one more attempt, this worker's lease; `started_at` is the first attempt's."""
+    return update(Job).values(
+        status=JobStatus.running.value,
+        attempts=Job.attempts + 1,
+        worker_id=worker_id,
+        lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
+        started_at=func.coalesce(Job.started_at, func.now()),
+    )
+
+
 def claim_job(
     session: Session, job_id: uuid.UUID, worker_id: str, lease_seconds: float
 ) -> Claim | None:
@@ -111,15 +134,8 @@ def claim_job(
     `segments_done` is kept: an attempt after a worker's death resumes from the segments the
     earlier one stored, and clients must never see progress go backwards."""
     attempt = session.execute(
-        update(Job)
+        _claiming(worker_id, lease_seconds)
         .where(Job.id == job_id, Job.status == JobStatus.queued.value)
-        .values(
-            status=JobStatus.running.value,
-            attempts=Job.attempts + 1,
-            worker_id=worker_id,
-            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, func.now()),
-        )
         .returning(Job.attempts)
     ).scalar_one_or_none()
     return None if attempt is None else Claim(job_id, attempt, worker_id)
@@ -146,15 +162,8 @@ def claim_next(
         .scalar_subquery()
     )
     row = session.execute(
-        update(Job)
+        _claiming(worker_id, lease_seconds)
         .where(Job.id == nxt, Job.status == JobStatus.queued.value)
-        .values(
-            status=JobStatus.running.value,
-            attempts=Job.attempts + 1,
-            worker_id=worker_id,
-            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, func.now()),
-        )
         .returning(Job.id, Job.attempts)
         .execution_options(synchronize_session=False)
     ).one_or_none()
@@ -191,15 +200,8 @@ def claim_mates(
         .scalar_subquery()
     )
     rows = session.execute(
-        update(Job)
+        _claiming(worker_id, lease_seconds)
         .where(Job.id.in_(mates), Job.status == JobStatus.queued.value)
-        .values(
-            status=JobStatus.running.value,
-            attempts=Job.attempts + 1,
-            worker_id=worker_id,
-            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, func.now()),
-        )
         .returning(Job.id, Job.attempts)
         .execution_options(synchronize_session=False)
     ).all()
