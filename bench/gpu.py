@@ -44,28 +44,29 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Please leave the package at the front door.",
-    "Our meeting has been moved to Thursday afternoon.",
-    "The train to the city leaves every twenty minutes.",
-    "She planted tomatoes and basil in the garden.",
-    "Remember to back up your files before the update.",
-    "The museum opens at nine and closes at six.",
-    "A light rain is expected later this evening.",
-]
+from bench.efficiency import SENTENCES as _EFFICIENCY_SENTENCES  # noqa: E402
+
+# The efficiency bench's sentences (its first eight, as measured in docs/BENCHMARKS.md).
+SENTENCES = _EFFICIENCY_SENTENCES[:8]
 
 
-def _gpu_memory_mib() -> float | None:
-    """This process's GPU memory according to nvidia-smi, or None without one."""
+def _nvidia_smi(*query: str) -> str | None:
+    """nvidia-smi's CSV answer to `query`, or None on a machine without it."""
     if shutil.which("nvidia-smi") is None:
         return None
-    out = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+    return subprocess.run(
+        ["nvidia-smi", *query, "--format=csv,noheader,nounits"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
+
+
+def _gpu_memory_mib() -> float | None:
+    """This process's GPU memory according to nvidia-smi, or None without one."""
+    out = _nvidia_smi("--query-compute-apps=pid,used_memory")
+    if out is None:
+        return None
     for line in out.splitlines():
         pid, _, used = line.partition(",")
         if pid.strip() == str(os.getpid()):
@@ -261,14 +262,7 @@ def main() -> None:
 
 
 def _gpu_name() -> str | None:
-    if shutil.which("nvidia-smi") is None:
-        return None
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    out = (_nvidia_smi("--query-gpu=name") or "").strip()
     return out.splitlines()[0] if out else None
 
 
