@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from api.modes import choose
+from api.modes import NeedsDatabase, choose
 from api.schemas import JobCreate
 from core.engines import (
     BIT_DEPTHS,
@@ -39,6 +39,12 @@ from db.models import DEFAULT_TENANT_ID, Job
 from db.pools import pool_for
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def _session(session: Session | None) -> Session:
+    if session is None:
+        raise NeedsDatabase
+    return session
 
 
 def request_hash(body: JobCreate) -> str:
@@ -148,7 +154,7 @@ def _engines(settings: Settings, registered: dict[str, EngineSpec] | None) -> di
 
 
 def _catalog(
-    session: Session, settings: Settings, engine: str, fresh: bool
+    session: Session | None, settings: Settings, engine: str, fresh: bool
 ) -> dict[str, EngineSpec]:
     """The engines; a built-in one's capabilities are its class's (catalog() never lets a
     registration override them), so no query for those. Extra engines read what workers
@@ -160,18 +166,22 @@ def _catalog(
     now = time.monotonic()
     hit = _specs.get(url)
     if fresh or hit is None or now - hit[0] > SPECS_TTL_SECONDS:
-        hit = _specs[url] = (now, registered_specs(session))
+        hit = _specs[url] = (now, registered_specs(_session(session)))
     return _engines(settings, hit[1])
 
 
 def admit(
-    session: Session,
+    session: Session | None,
     body: JobCreate,
     settings: Settings,
     tenant_id: uuid.UUID = DEFAULT_TENANT_ID,
 ) -> Job:
     """Validate `body` against settings and engine capabilities; return an unsaved Job of
-    `tenant_id`, routed to its voice's or its tenant's pool (db/pools.py)."""
+    `tenant_id`, routed to its voice's or its tenant's pool (db/pools.py).
+
+    Without a session (`None`) the same checks run with no query: the job's `pool` is left
+    unset (the caller's statement reads the tenant's), and a check that needs the database
+    raises NeedsDatabase, as does any refusal (a session would decide it on fresh specs)."""
     check_storable(body)
     engine_name = body.engine or settings.default_engine
     try:
@@ -187,7 +197,7 @@ def admit(
 
 
 def _admit(
-    session: Session,
+    session: Session | None,
     body: JobCreate,
     settings: Settings,
     tenant_id: uuid.UUID,
@@ -242,9 +252,8 @@ def _admit(
             f"metadata is larger than {settings.max_metadata_bytes} bytes of JSON",
             field="metadata",
         )
-    return Job(
+    job = Job(
         tenant_id=tenant_id,
-        pool=pool_for(session, tenant_id, speaking.voice_id),
         engine=engine_name,
         voice=voice,
         mode=speaking.mode.value,
@@ -265,3 +274,6 @@ def _admit(
         bit_depth=bit_depth,
         loudness_target=body.loudness,
     )
+    if session is not None:
+        job.pool = pool_for(session, tenant_id, speaking.voice_id)
+    return job

@@ -88,6 +88,14 @@ def _allowed_methods(app: FastAPI, scope: Scope) -> set[str]:
     return methods
 
 
+def database_unavailable() -> ServiceUnavailable:
+    """The answer when PostgreSQL is stopped, restarting, unreachable or out of connections."""
+    return ServiceUnavailable(
+        "the database is unavailable; nothing was changed, retry shortly",
+        retry_after=DATABASE_RETRY_AFTER,
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(VoicefarmError)
     async def _voicefarm(_: Request, exc: VoicefarmError) -> JSONResponse:
@@ -104,11 +112,7 @@ def install(app: FastAPI) -> None:
         # retry, so this is a 503 with Retry-After, never a 500. Nothing was half-written: the
         # request's transaction rolled back at the session boundary.
         log.warning("event=api.database_unavailable error=%s", type(exc).__name__)
-        err = ServiceUnavailable(
-            "the database is unavailable; nothing was changed, retry shortly",
-            retry_after=DATABASE_RETRY_AFTER,
-        )
-        return await _voicefarm(_, err)
+        return await _voicefarm(_, database_unavailable())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -28,6 +28,7 @@ from api.security import BodyLimit
 from core.errors import TooManyAuthFailures, Unauthorized
 from core.logging import configure_logging
 from core.settings import get_settings
+from db.admission import close_pools
 
 
 @asynccontextmanager
@@ -35,6 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     configure_logging(settings.log_level)
     yield
+    await close_pools()
     waiter = getattr(app.state, "waiter", None)
     if waiter is not None:
         await waiter.close()

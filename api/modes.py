@@ -26,6 +26,12 @@ from core.settings import Settings
 from db.models import Voice
 
 
+class NeedsDatabase(Exception):
+    """Admission without a session (the async lane, api/submit.py `submit_plain`) reached a
+    decision that reads the database: a cloned voice, a stale copy of the registered engines.
+    The caller admits the job again the usual way, with a session."""
+
+
 @dataclass(frozen=True)
 class Speaking:
     mode: JobMode
@@ -43,7 +49,7 @@ def _default_mode(body: JobCreate, instruction: str | None) -> JobMode:
 
 
 def choose(
-    session: Session,
+    session: Session | None,
     body: JobCreate,
     spec: EngineSpec,
     engines: dict[str, EngineSpec],
@@ -82,7 +88,7 @@ def choose(
 
 
 def _voice_for(
-    session: Session,
+    session: Session | None,
     body: JobCreate,
     mode: JobMode,
     spec: EngineSpec,
@@ -108,6 +114,8 @@ def _voice_for(
             "voice_id (upload one with POST /v1/voices), or set VOICEFARM_DEFAULT_VOICE_ID",
             field="voice_id",
         )
+    if session is None:
+        raise NeedsDatabase
     voice = session.get(Voice, voice_id)
     field = "voice_id" if body.voice_id else None
     # The job's tenant's voices only: another tenant's id is as unknown as a missing one. The

@@ -116,18 +116,28 @@ def dispatch_soon(database_url: str, engine: str, pool: str, ahead: int) -> None
     queries, commit and publish that used to sit between the claim and the engine). The next
     message still lands long before the job ends; a process that dies first leaves the queue to
     the next dispatch or the reconciler, as any lost publish."""
-    global _soon_thread
     for priority in Priority:
-        token = (database_url, d.QueueKey(engine, pool, priority.value), ahead)
-        with _lock:
-            if token in _running:
-                _dirty.add(token)
-                continue
-            _running.add(token)
-            _soon.put(token)
-            if _soon_thread is None or not _soon_thread.is_alive():
-                _soon_thread = threading.Thread(target=_soon_loop, name="dispatch", daemon=True)
-                _soon_thread.start()
+        _in_background((database_url, d.QueueKey(engine, pool, priority.value), ahead))
+
+
+def dispatch_in_background(database_url: str, key: d.QueueKey, ahead: int) -> None:
+    """`dispatch_after_admission` for a caller that must not block (the API's event loop, which
+    admits plain jobs without a thread: api/submit.py `submit_plain`): the passes run on this
+    process's dispatch thread, coalesced as there; returns at once."""
+    _in_background((database_url, key, ahead))
+
+
+def _in_background(token: tuple[str, d.QueueKey, int]) -> None:
+    global _soon_thread
+    with _lock:
+        if token in _running:
+            _dirty.add(token)
+            return
+        _running.add(token)
+        _soon.put(token)
+        if _soon_thread is None or not _soon_thread.is_alive():
+            _soon_thread = threading.Thread(target=_soon_loop, name="dispatch", daemon=True)
+            _soon_thread.start()
 
 
 _soon: queue.SimpleQueue[tuple[str, d.QueueKey, int]] = queue.SimpleQueue()

@@ -24,7 +24,7 @@ from api.deps import (
 )
 from api.errors import responses
 from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDeliveryOut
-from api.submit import submit
+from api.submit import submit, submit_plain
 from api.threads import in_thread
 from core.engines import CONTENT_TYPES, DEFAULT_BIT_DEPTH, content_type
 from core.enums import JobStatus
@@ -100,9 +100,13 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Submit a synthesis job; answers at once with the queued job."""
-    # async, with one thread hop for everything that blocks: a sync route with a SessionDep
-    # took four hand-offs (session, route, commit, answer), each costing more CPU than most of
-    # the work (docs/BENCHMARKS.md, Admission).
+    # A plain job is admitted in the event loop with one statement, committed when it returns
+    # (api/submit.py `submit_plain`); any other, with one thread hop for everything that
+    # blocks: a sync route with a SessionDep took four hand-offs (session, route, commit,
+    # answer), each costing more CPU than most of the work (docs/BENCHMARKS.md, Admission).
+    job = await submit_plain(settings, body, caller, idempotency_key)
+    if job is not None:
+        return _accepted(_out(job, settings.public_base_url), replayed=False)
     return await in_thread(_create, body, settings, caller, idempotency_key)
 
 
@@ -114,6 +118,10 @@ def _create(
         out = _out(job, settings.public_base_url)
     # Committed (and the dispatch done) when the block ended: a failed commit raised instead,
     # so a 202 always names a durable row.
+    return _accepted(out, replayed)
+
+
+def _accepted(out: JobOut, replayed: bool) -> Response:
     headers = {"Location": out.links.self}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

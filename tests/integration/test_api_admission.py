@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -13,6 +14,7 @@ from core.engines import AUDIO_FORMATS
 from db.models import Job, WebhookDelivery
 from db.session import get_sessionmaker
 from tests.fixtures.api import use_settings
+from tests.fixtures.processes import wait_until
 
 
 def _count(url: str) -> tuple[int, int]:
@@ -27,6 +29,14 @@ def _queued_messages(redis_client: Any) -> int:
     return int(redis_client.llen("synth.piper")) + int(redis_client.llen("synth.piper.batch"))
 
 
+def _published(redis_client: Any, queue: str = "synth.piper") -> int:
+    """The messages in `queue` once the admission's dispatch has published: a plain job is
+    answered before its publish (api/submit.py `submit_plain`), so the test waits for it."""
+    return int(
+        wait_until(lambda: redis_client.llen(queue), timeout=10, what=f"a message in {queue}")
+    )
+
+
 def test_submit_commits_the_row_and_publishes_one_message(
     client: TestClient, db: str, redis_client: Any
 ) -> None:
@@ -37,7 +47,7 @@ def test_submit_commits_the_row_and_publishes_one_message(
     assert job["voice"] == "en_US-joe-medium" and job["metadata"] == {"order": 7}
     assert r.headers["location"].endswith(f"/v1/jobs/{job['id']}")
     assert _count(db) == (1, 0)
-    assert _queued_messages(redis_client) == 1
+    assert _published(redis_client) == 1 and _queued_messages(redis_client) == 1
     got = client.get(f"/v1/jobs/{job['id']}").json()
     assert got["status"] == "queued" and got["progress"] == {
         "segments_done": 0,
@@ -47,7 +57,8 @@ def test_submit_commits_the_row_and_publishes_one_message(
 
 def test_batch_priority_goes_to_the_batch_queue(client: TestClient, redis_client: Any) -> None:
     assert client.post("/v1/jobs", json={"text": "x", "priority": "batch"}).status_code == 202
-    assert redis_client.llen("synth.piper.batch") == 1 and redis_client.llen("synth.piper") == 0
+    assert _published(redis_client, "synth.piper.batch") == 1
+    assert redis_client.llen("synth.piper") == 0
 
 
 BAD: list[tuple[dict[str, Any], int, str]] = [
@@ -125,7 +136,7 @@ def test_idempotency_key_returns_the_original_job(
     b = client.post("/v1/jobs", json={"text": "once"}, headers=h)
     assert a.status_code == b.status_code == 202
     assert a.json()["id"] == b.json()["id"] and b.headers["idempotent-replayed"] == "true"
-    assert _count(db) == (1, 0) and _queued_messages(redis_client) == 1
+    assert _count(db) == (1, 0) and _published(redis_client) == 1
     c = client.post("/v1/jobs", json={"text": "different"}, headers=h)
     assert c.status_code == 409 and c.json()["error"]["code"] == "idempotency_key_reused"
     assert _count(db) == (1, 0)
@@ -222,23 +233,31 @@ def test_broker_down_at_admission_still_answers_202_and_keeps_the_job(
     """The publish fails (injected: the broker connection refuses); the committed row waits for
     the reconciler, which publishes it once the broker is back."""
     from kombu.exceptions import OperationalError
+    from sqlalchemy import text
 
+    from db.session import get_engine
     from tasks.app import celery_app
     from tasks.maintenance import reconcile
 
     real_send = celery_app.send_task
+    refused = threading.Event()
 
     def refuse(*a: Any, **k: Any) -> None:
+        refused.set()
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    def unmarked() -> bool:
+        # The failed publish clears the job's dispatch mark, for the next dispatch to pick it.
+        with get_engine(db).begin() as c:
+            return c.execute(text("SELECT dispatched_at IS NULL FROM jobs")).scalar_one()
 
     monkeypatch.setattr(celery_app, "send_task", refuse)
     r = client.post("/v1/jobs", json={"text": "kept safe"})
     assert r.status_code == 202 and _count(db) == (1, 0)
+    assert refused.wait(10), "admission never tried to publish"
+    wait_until(unmarked, timeout=10, what="the failed publish to clear the dispatch mark")
     assert _queued_messages(redis_client) == 0
     monkeypatch.setattr(celery_app, "send_task", real_send)
-    from sqlalchemy import text
-
-    from db.session import get_engine
 
     with get_engine(db).begin() as c:  # let the grace period pass
         c.execute(text("UPDATE jobs SET dispatched_at = now() - interval '1 minute'"))
@@ -252,3 +271,63 @@ def test_engines_lists_piper_with_its_voice_and_markup(client: TestClient) -> No
     assert piper["default"] is True and piper["default_voice"] == "en_US-joe-medium"
     assert piper["voices"] == ["en_US-joe-medium"] and piper["markup"] == ["arpabet"]
     assert piper["sample_rate"] == 22050 and piper["formats"] == list(AUDIO_FORMATS)
+
+
+def test_the_async_lane_writes_the_row_the_session_path_writes(
+    client: TestClient, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain job is admitted in the event loop by one asyncpg statement (db/admission.py);
+    the same body admitted by the session path (the lane switched off) is the same row, column
+    for column, and the same answer."""
+    import api.routes.jobs as routes
+    from db import admission as lane
+
+    body = {
+        "text": "Same row, 1,000 times: naïve “quotes” 你好.",
+        "metadata": {"order": [1, "два", None], "nested": {"ok": True}},
+        "format": "flac",
+        "bit_depth": 24,
+        "speed": 1.25,
+        "priority": "batch",
+        "sample_rate": 16000,
+        "subtitles": "srt",
+        "loudness": -16.5,
+    }
+    inserted: list[Any] = []
+    real_insert = lane.insert_plain
+
+    async def spy(*a: Any, **k: Any) -> Any:
+        inserted.append(await real_insert(*a, **k))
+        return inserted[-1]
+
+    monkeypatch.setattr(lane, "insert_plain", spy)
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k"})
+    assert first.status_code == 202, first.text
+    assert len(inserted) == 1 and str(inserted[0].id) == first.json()["id"]
+
+    async def off(*a: Any, **k: Any) -> None:
+        return None
+
+    monkeypatch.setattr(routes, "submit_plain", off)
+    use_settings(client, max_attempts=3)  # a fresh settings object: no cached catalog either
+    second = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k2"})
+    assert second.status_code == 202, second.text
+    assert len(inserted) == 1
+
+    varying = {"id", "idempotency_key", "created_at", "updated_at", "dispatched_at"}
+    with get_sessionmaker(db)() as s:
+        rows = {
+            str(j.id): {c: v for c, v in j.__dict__.items() if not c.startswith("_")}
+            for j in s.scalars(select(Job))
+        }
+    a, b = rows[first.json()["id"]], rows[second.json()["id"]]
+    assert a.keys() == b.keys() and len(a) > 40
+    assert {k: v for k, v in a.items() if k not in varying} == {
+        k: v for k, v in b.items() if k not in varying
+    }
+    assert a["pool"] == "default" and a["status"] == "queued" and a["request_hash"]
+    answers = [r.json() for r in (first, second)]
+    for answer in answers:
+        for key in ("id", "created_at", "updated_at", "links"):
+            answer.pop(key, None)
+    assert answers[0] == answers[1]

@@ -151,7 +151,8 @@ def test_a_failed_commit_is_503_and_sends_no_message(
     client: TestClient, db: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The commit at the request boundary fails (injected: the connection drops at COMMIT):
-    the client gets a 503, not an id, and no Celery message for a row that does not exist."""
+    the client gets a 503, not an id, and no Celery message for a row that does not exist.
+    A job with a webhook, so the usual (session) path admits it."""
     from sqlalchemy.exc import OperationalError
     from sqlalchemy.orm import Session
 
@@ -159,11 +160,38 @@ def test_a_failed_commit_is_503_and_sends_no_message(
         raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
 
     monkeypatch.setattr(Session, "commit", dropped)
-    r = client.post("/v1/jobs", json={"text": "never half-written"})
+    body = {"text": "never half-written", "webhook_url": "http://127.0.0.1:9/hook"}
+    r = client.post("/v1/jobs", json=body)
     assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
     monkeypatch.undo()
     assert _rows(db) == (0, 0)
     assert redis_client.llen("synth.piper") == 0
+
+
+def test_a_connection_lost_in_the_async_lane_is_503_and_sends_no_message(
+    client: TestClient, db: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain job's one statement (db/admission.py) loses its connection (injected: asyncpg
+    raises as for a server that closed it): a 503 with Retry-After, as on the usual path, and
+    no message; the next request gets a new connection and is admitted."""
+    import asyncpg
+
+    real = asyncpg.connection.Connection.fetchrow
+
+    async def dropped(self: Any, *a: Any, **k: Any) -> None:
+        raise asyncpg.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation"
+        )
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetchrow", dropped)
+    r = client.post("/v1/jobs", json={"text": "never half-written"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
+    assert int(r.headers["retry-after"]) > 0
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetchrow", real)
+    assert _rows(db) == (0, 0)
+    assert redis_client.llen("synth.piper") == 0
+    assert client.post("/v1/jobs", json={"text": "admitted"}).status_code == 202
+    assert _rows(db) == (1, 0)
 
 
 # --- a real server ---------------------------------------------------------------------------

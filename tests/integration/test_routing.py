@@ -144,6 +144,7 @@ def test_the_reconciler_republishes_a_lost_message_to_the_jobs_pool(
     assert r.status_code == 202, r.text
     queue = synth_queue("soloslow", pool="vip")
     assert queue == "synth.vip.soloslow"
+    wait_until(lambda: redis_client.llen(queue), timeout=10, what="the admission's publish")
     assert redis_client.delete(queue) == 1  # as if Redis restarted empty
     tenant_pool(DEFAULT_POOL)  # a later change of the tenant's pool does not move the job
 
