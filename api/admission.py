@@ -252,7 +252,11 @@ def _admit(
             f"metadata is larger than {settings.max_metadata_bytes} bytes of JSON",
             field="metadata",
         )
-    job = Job(
+    job = Job()
+    # Into the new instance's dict, not through 21 instrumented attributes (55 us against 6):
+    # a transient job's state is its dict, and that is what every insert reads (db/jobs.py
+    # create_job, db/batches.py, db/admission.py).
+    job.__dict__.update(
         tenant_id=tenant_id,
         engine=engine_name,
         voice=voice,

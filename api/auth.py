@@ -15,9 +15,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Request
 
 from api.settings import current_settings
 from api.threads import in_thread
@@ -104,15 +104,19 @@ def _failures(settings: Settings, client: str, add: bool) -> int:
         return 0
 
 
-async def get_caller(
-    request: Request,
-    settings: Annotated[Settings, Depends(current_settings)],
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Caller:
+async def get_caller(request: Request) -> Caller:
+    """The caller of a request (every router but health's depends on it).
+
+    Settings and the Authorization header are read here rather than declared as dependencies:
+    FastAPI solves a dependency's own dependencies on every use, before it looks in its
+    per-request cache, so each declared one cost every route a few dozen microseconds of
+    CPU twice over (the router's and the route's CallerDep; docs/BENCHMARKS.md, Admission)."""
+    settings = await current_settings(request)
     if not settings.auth_enabled:
         return DEFAULT_CALLER
     # async, and one thread hop for the blocking part (Redis, PostgreSQL), only when there is
     # one: with auth off a request needs no hand-off for this.
+    authorization = request.headers.get("authorization")
     return await in_thread(_authenticate, settings, _client(request), authorization)
 
 

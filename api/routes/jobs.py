@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from api.auth import Caller
@@ -24,6 +24,7 @@ from api.deps import (
 )
 from api.errors import responses
 from api.schemas import JobCreate, JobList, JobOut, WebhookAttemptOut, WebhookDeliveryOut
+from api.settings import current_settings
 from api.submit import submit, submit_plain
 from api.threads import in_thread
 from core.engines import CONTENT_TYPES, DEFAULT_BIT_DEPTH, content_type
@@ -94,12 +95,14 @@ def _out(job: Job, base_url: str) -> JobOut:
     ),
 )
 async def create_job(
+    request: Request,
     body: JobCreate,
-    settings: SettingsDep,
     caller: CallerDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Submit a synthesis job; answers at once with the queued job."""
+    # Not a SettingsDep: FastAPI solves each declared dependency per request, cache or not.
+    settings = await current_settings(request)
     # A plain job is admitted in the event loop with one statement, committed when it returns
     # (api/submit.py `submit_plain`); any other, with one thread hop for everything that
     # blocks: a sync route with a SessionDep took four hand-offs (session, route, commit,
