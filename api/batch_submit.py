@@ -11,12 +11,14 @@ items never holds the event loop, so /healthz and other requests are served mean
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import uuid
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import quotas as api_quotas
@@ -25,7 +27,13 @@ from api.auth import Caller
 from api.errors import validation_error
 from api.schemas import JobCreate
 from core.enums import JobStatus, Priority
-from core.errors import BatchInvalid, QuotaExceeded, ValidationFailed, VoicefarmError
+from core.errors import (
+    BatchInvalid,
+    IdempotencyConflict,
+    QuotaExceeded,
+    ValidationFailed,
+    VoicefarmError,
+)
 from core.settings import Settings
 from core.webhooks import check_webhook_url
 from db import batches as bq
@@ -70,10 +78,63 @@ def parse(raw: bytes, content_type: str, query: dict[str, str]) -> tuple[BatchOp
         raise validation_error(exc.errors()) from exc
 
 
+def request_hash(raw: bytes, content_type: str, query: dict[str, str]) -> str:
+    """What an Idempotency-Key is bound to: the body byte for byte, its media type and (JSONL's
+    options) the query string. A retry sends the same bytes; anything else is another request."""
+    media = content_type.split(";")[0].strip().lower()
+    options = json.dumps(sorted(query.items()), separators=(",", ":"))
+    return hashlib.sha256(b"\0".join((media.encode(), options.encode(), raw))).hexdigest()
+
+
 def submit_batch(
-    settings: Settings, caller: Caller, raw: bytes, content_type: str, query: dict[str, str]
+    settings: Settings,
+    caller: Caller,
+    raw: bytes,
+    content_type: str,
+    query: dict[str, str],
+    idempotency_key: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Admit and insert the batch; returns (its view, replayed). Commits (its own session: the
+    boundary). With an Idempotency-Key used before by the tenant: that batch's view as it is
+    now, and nothing written; 409 if the key came with another request."""
+    digest = request_hash(raw, content_type, query) if idempotency_key else None
+    if idempotency_key:
+        replayed = _replay(settings, caller, idempotency_key, digest)
+        if replayed is not None:
+            return replayed, True
+    try:
+        return _submit(settings, caller, raw, content_type, query, idempotency_key, digest), False
+    except IntegrityError:
+        # A concurrent request with the same key won the insert; this one wrote nothing.
+        replayed = _replay(settings, caller, idempotency_key or "", digest)
+        if replayed is None:
+            raise
+        return replayed, True
+
+
+def _replay(
+    settings: Settings, caller: Caller, key: str, digest: str | None
+) -> dict[str, Any] | None:
+    with session_scope(settings.database_url) as s:
+        batch = bq.find_by_idempotency_key(s, caller.tenant_id, key)
+        if batch is None:
+            return None
+        if batch.request_hash != digest:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used with a different batch"
+            )
+        return bq.batch_view(batch, bq.status_counts(s, batch.id), settings.public_base_url)
+
+
+def _submit(
+    settings: Settings,
+    caller: Caller,
+    raw: bytes,
+    content_type: str,
+    query: dict[str, str],
+    idempotency_key: str | None,
+    digest: str | None,
 ) -> dict[str, Any]:
-    """Admit and insert the batch; returns its view. Commits (its own session: the boundary)."""
     options, items = parse(raw, content_type, query)
     if not items:
         raise ValidationFailed("a batch needs at least one item", field="items")
@@ -100,6 +161,8 @@ def submit_batch(
             webhook_url=options.webhook_url,
             concatenate=options.concatenate,
             metadata_=options.metadata or {},
+            idempotency_key=idempotency_key,
+            request_hash=digest,
         )
         bq.insert_batch(s, batch, rows)
         s.refresh(batch)

@@ -37,6 +37,13 @@ def insert_batch(session: Session, batch: Batch, rows: list[dict[str, Any]]) -> 
         session.execute(insert(Job), rows[start : start + INSERT_CHUNK])
 
 
+def find_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Batch | None:
+    """Keys are per tenant, as for jobs: another tenant's use of the same key is not seen."""
+    return session.scalar(
+        select(Batch).where(Batch.tenant_id == tenant_id, Batch.idempotency_key == key)
+    )
+
+
 def get_batch(session: Session, batch_id: uuid.UUID, tenant_id: uuid.UUID | None) -> Batch:
     stmt = select(Batch).where(Batch.id == batch_id)
     if tenant_id is not None:

@@ -192,6 +192,13 @@ class Job(Base):
             "status",
             postgresql_where=sql_text("status IN ('queued', 'running')"),
         ),
+        # A batch's items in input order (GET /v1/batches/{id}/items); migration 0009.
+        Index(
+            "ix_jobs_batch_id_batch_index",
+            "batch_id",
+            "batch_index",
+            postgresql_where=sql_text("batch_id IS NOT NULL"),
+        ),
     )
 
 
@@ -225,8 +232,14 @@ class Batch(Base):
     audio_status: Mapped[str | None] = mapped_column(String(16))
     audio_error: Mapped[str | None] = mapped_column(Text)
     audio_duration_s: Mapped[float | None] = mapped_column(Float)
+    # POST /v1/batches with an Idempotency-Key: the same key and body answer this batch again.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
+        UniqueConstraint(
+            "tenant_id", "idempotency_key", name="uq_batches_tenant_id_idempotency_key"
+        ),
         Index("ix_batches_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         Index("ix_batches_open", "created_at", postgresql_where=sql_text("completed_at IS NULL")),
     )

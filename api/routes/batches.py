@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, StreamingResponse
 
@@ -22,6 +22,7 @@ from core.errors import (
     BatchInvalid,
     BatchNotCancelable,
     BatchNotFound,
+    IdempotencyConflict,
     QuotaExceeded,
     RequestTooLarge,
     TooManyAuthFailures,
@@ -44,6 +45,7 @@ _ITEM = {"$ref": "#/components/schemas/JobCreate"}
     response_model=BatchOut,
     responses=responses(
         BatchInvalid,
+        IdempotencyConflict,
         ValidationFailed,
         WebhookUrlInvalid,
         WebhookUrlForbidden,
@@ -70,24 +72,32 @@ _ITEM = {"$ref": "#/components/schemas/JobCreate"}
         }
     },
 )
-async def create_batch(request: Request, settings: SettingsDep, caller: CallerDep) -> Response:
+async def create_batch(
+    request: Request,
+    settings: SettingsDep,
+    caller: CallerDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
     """Submit a batch: JSON `{items, webhook_url?, concatenate?}`, or JSONL (one item a line,
     `Content-Type: application/x-ndjson`, options as query parameters `webhook_url` and
-    `concatenate`); all items are admitted or none (422 `batch_invalid` lists them by index)."""
+    `concatenate`); all items are admitted or none (422 `batch_invalid` lists them by index).
+    With an `Idempotency-Key`, sending the same request again answers the same batch
+    (`Idempotent-Replayed: true`) and writes nothing; the key with another request is a 409."""
     raw = await request.body()
-    view = await run_in_threadpool(
+    view, replayed = await run_in_threadpool(
         submit_batch,
         settings,
         caller,
         raw,
         request.headers.get("content-type", "application/json"),
         dict(request.query_params),
+        idempotency_key,
     )
+    headers = {"Location": view["links"]["self"]}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return Response(
-        json.dumps(view),
-        status_code=202,
-        media_type="application/json",
-        headers={"Location": view["links"]["self"]},
+        json.dumps(view), status_code=202, media_type="application/json", headers=headers
     )
 
 

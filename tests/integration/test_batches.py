@@ -175,3 +175,61 @@ def test_disabled_endpoint_is_listed_and_enabled(
     assert client.get("/v1/webhooks/disabled").json() == []
     assert client.post("/v1/webhooks/enable", json={"url": receiver.url}).status_code == 404
     assert job_id
+
+
+def test_idempotency_key_answers_the_same_batch_and_writes_nothing_more(client: Any) -> None:
+    """A retried POST /v1/batches (same key, same bytes) answers the batch it created and
+    writes no second set of jobs; the key with another request is a 409; no key, a new batch."""
+    items = [{"text": "one", "engine": "tone"}, {"text": "two", "engine": "tone"}]
+    key = {"Idempotency-Key": "nightly-2026-11-30"}
+    a = client.post("/v1/batches", json={"items": items}, headers=key)
+    b = client.post("/v1/batches", json={"items": items}, headers=key)
+    assert a.status_code == b.status_code == 202, (a.text, b.text)
+    assert b.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in a.headers
+    assert a.json()["id"] == b.json()["id"] and b.json()["items"] == 2
+    assert len(client.get("/v1/batches").json()) == 1
+    assert len(client.get("/v1/jobs").json()["items"]) == 2
+
+    for other in (
+        {"json": {"items": items[:1]}},
+        {"content": "\n".join(json.dumps(i) for i in items), "params": {"concatenate": "true"}},
+    ):
+        headers = {**key}
+        if "content" in other:
+            headers["Content-Type"] = "application/x-ndjson"
+        c = client.post("/v1/batches", headers=headers, **other)
+        assert c.status_code == 409 and c.json()["error"]["code"] == "idempotency_key_reused"
+    assert len(client.get("/v1/jobs").json()["items"]) == 2
+
+    d = client.post("/v1/batches", json={"items": items})
+    assert d.status_code == 202 and d.json()["id"] != a.json()["id"]
+    assert len(client.get("/v1/jobs").json()["items"]) == 4
+    long_key = {"Idempotency-Key": "k" * 256}
+    assert client.post("/v1/batches", json={"items": items}, headers=long_key).status_code == 422
+
+
+def test_concurrent_retries_with_one_key_make_one_batch(client: Any, settings: Any) -> None:
+    """Four identical submissions at once with one key (a client retrying on a timeout while
+    the first is still being admitted): one batch, its items once, every answer naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from api.auth import DEFAULT_CALLER
+    from api.batch_submit import submit_batch
+
+    raw = json.dumps({"items": [{"text": f"item {i}", "engine": "tone"} for i in range(50)]})
+    start = Barrier(4)
+
+    def submit(_: int) -> tuple[str, bool]:
+        start.wait()
+        view, replayed = submit_batch(
+            settings, DEFAULT_CALLER, raw.encode(), "application/json", {}, "same-key"
+        )
+        return view["id"], replayed
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(submit, range(4)))
+    assert len({batch_id for batch_id, _ in answers}) == 1
+    assert [replayed for _, replayed in answers].count(False) == 1
+    assert len(client.get("/v1/batches").json()) == 1
+    assert len(client.get("/v1/jobs", params={"limit": 200}).json()["items"]) == 50
