@@ -29,12 +29,14 @@ from core.errors import TooManyAuthFailures, Unauthorized
 from core.logging import configure_logging
 from core.settings import get_settings
 from db.admission import close_pools
+from tasks.send import warm_up
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     configure_logging(settings.log_level)
+    warm_up()
     yield
     await close_pools()
     waiter = getattr(app.state, "waiter", None)

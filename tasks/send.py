@@ -7,6 +7,16 @@ import uuid
 from core.enums import DEFAULT_POOL, Priority, Queue, TaskName, synth_queue
 
 
+def warm_up() -> None:
+    """Import Celery's app and broker transport and make the producer pool, without
+    connecting: the API calls this at startup. Done by the first publish instead, it took about
+    0.8 s of imports under the GIL, stalling every request the process was serving then."""
+    from tasks.app import celery_app
+
+    celery_app.connection_for_write().transport  # noqa: B018 (imports the transport)
+    celery_app.amqp.producer_pool  # noqa: B018
+
+
 def send_synthesize(
     job_id: uuid.UUID | str, engine: str, priority: str, pool: str = DEFAULT_POOL
 ) -> None:
