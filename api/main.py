@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -37,6 +38,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     configure_logging(settings.log_level)
     warm_up()
+    # The event loop shares its process with the dispatch thread (a pass and its publishes are
+    # milliseconds of CPU) and the session path's threads: with the default 5 ms switch
+    # interval, each time one of them held the GIL every response waited up to 5 ms for it.
+    sys.setswitchinterval(0.001)
     yield
     await close_pools()
     waiter = getattr(app.state, "waiter", None)
