@@ -41,6 +41,7 @@ from db.models import Job
 # 503, not a request hanging for minutes.
 POOL_SIZE = 10
 CONNECT_TIMEOUT = 5.0
+POOL_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 10.0
 
 
@@ -187,7 +188,7 @@ async def insert_plain(
     args = [*values.values(), default_pool, job.tenant_id, *limits]
     try:
         pool = await _pool(database_url)
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=POOL_TIMEOUT) as conn:
             row = await conn.fetchrow(sql, *args)
     except _CONNECTION_ERRORS as exc:
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
