@@ -138,6 +138,9 @@ class JobLinks(BaseModel):
 
 class JobOut(BaseModel):
     id: str
+    tenant_id: str = Field(
+        description="The tenant the job belongs to (an admin key sees every tenant's jobs)."
+    )
     status: JobStatus
     engine: str
     voice: str | None

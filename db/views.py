@@ -32,6 +32,7 @@ def job_view(job: Job, base_url: str) -> dict[str, Any]:
         error = {"code": job.error_code, "message": job.error_message or ""}
     return {
         "id": str(job.id),
+        "tenant_id": str(job.tenant_id),
         "status": job.status,
         "engine": job.engine,
         "voice": job.voice,

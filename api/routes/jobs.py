@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from api.auth import Caller
@@ -137,12 +137,19 @@ def list_jobs(
     settings: SettingsDep,
     caller: CallerDep,
     status: JobStatus | None = None,
+    tenant_id: Annotated[
+        uuid.UUID | None,
+        Query(description="Only this tenant's jobs (admin keys; a tenant key sees its own only)."),
+    ] = None,
     limit: PageLimit = 50,
     cursor: PageCursor = None,
 ) -> Response:
     """List jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    scope = caller.sees
+    if tenant_id is not None and scope is not None and tenant_id != scope:
+        return json_response(JobList(items=[], next_cursor=None))  # not this caller's to see
     rows, next_cursor = q.list_jobs(
-        session, status=status, limit=limit, cursor=cursor, tenant_id=caller.sees
+        session, status=status, limit=limit, cursor=cursor, tenant_id=scope or tenant_id
     )
     items = [_out(j, settings.public_base_url) for j in rows]
     return json_response(JobList(items=items, next_cursor=next_cursor))

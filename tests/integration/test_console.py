@@ -72,6 +72,15 @@ def test_console_submits_a_job_and_plays_its_audio(
             page.screenshot(path=str(shot), full_page=True)
             print(f"console screenshot: {shot}")
 
+            # The tenant filter: another tenant's id hides the row, the job's own shows it.
+            row_of_job = f'tr[data-job-id="{job_id}"]'
+            assert page.get_attribute(row_of_job, "data-tenant-id") == str(key.tenant_id)
+            page.fill("#filter-tenant", "00000000-0000-0000-0000-00000000dead")
+            page.wait_for_selector(row_of_job, state="detached", timeout=10_000)
+            page.fill("#filter-tenant", str(key.tenant_id))
+            page.wait_for_selector(row_of_job, timeout=10_000)
+            page.fill("#filter-tenant", "")
+
             # Voices: upload a recording, see it listed.
             recording = tmp_path / "reference.wav"
             recording.write_bytes(voice_audio.speech())

@@ -182,6 +182,28 @@ def test_admin_scope_sees_every_tenant(client: TestClient, db: str) -> None:
     assert client.post(f"/v1/jobs/{jb}/cancel", headers=admin.headers).status_code == 200
 
 
+def test_jobs_name_their_tenant_and_admins_filter_by_it(client: TestClient, db: str) -> None:
+    """Every job says whose it is; `?tenant_id=` narrows an admin's list to one tenant, and a
+    tenant key asking for another tenant's jobs gets none (never another tenant's rows)."""
+    _auth_on(client)
+    a, b, admin = tenant_with_key(db, "a"), tenant_with_key(db, "b"), make_key(db)
+    ja = client.post("/v1/jobs", json={"text": "from a"}, headers=a.headers).json()
+    jb = client.post("/v1/jobs", json={"text": "from b"}, headers=b.headers).json()
+    assert (ja["tenant_id"], jb["tenant_id"]) == (str(a.tenant_id), str(b.tenant_id))
+
+    def listed(key: IssuedKey, tenant: object) -> list[str]:
+        r = client.get("/v1/jobs", params={"tenant_id": str(tenant)}, headers=key.headers)
+        assert r.status_code == 200, r.text
+        return [j["id"] for j in r.json()["items"]]
+
+    assert listed(admin, b.tenant_id) == [jb["id"]]
+    assert listed(admin, a.tenant_id) == [ja["id"]]
+    assert listed(a, a.tenant_id) == [ja["id"]]
+    assert listed(a, b.tenant_id) == []
+    bad = client.get("/v1/jobs", params={"tenant_id": "acme"}, headers=admin.headers)
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_failed"
+
+
 # --- isolation --------------------------------------------------------------------------------
 
 

@@ -75,7 +75,9 @@ function matches(job) {
   const status = $("#filter-status").value;
   const engine = $("#filter-engine").value;
   const voice = $("#filter-voice").value.trim();
+  const tenant = $("#filter-tenant").value.trim();
   if (status && job.status !== status) return false;
+  if (tenant && job.tenant_id !== tenant) return false;
   if (engine && job.engine !== engine) return false;
   if (voice && job.voice !== voice && job.voice_id !== voice) return false;
   return true;
@@ -88,6 +90,8 @@ function render(job) {
   if (!row) {
     row = document.createElement("tr");
     row.dataset.jobId = job.id;
+    row.dataset.tenantId = job.tenant_id;
+    row.title = "tenant " + job.tenant_id;
     row.append(cell(new Date(job.created_at).toLocaleTimeString()), cell(job.id, "id"),
       cell(""), cell("", "status"), cell(""), cell("", "result"));
     // Newest first, by created_at.
@@ -151,7 +155,9 @@ function rerender() {
 
 async function loadJobs() {
   const status = $("#filter-status").value;
-  const page = await api("/v1/jobs?limit=100" + (status ? "&status=" + status : ""));
+  const tenant = $("#filter-tenant").value.trim();
+  const page = await api("/v1/jobs?limit=100" + (status ? "&status=" + status : "")
+    + (/^[0-9a-f-]{36}$/i.test(tenant) ? "&tenant_id=" + tenant : ""));
   page.items.forEach(update);
   rerender();
 }
@@ -288,6 +294,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#filter-status").addEventListener("change", () => loadJobs().catch((e) => show(e.message)));
   $("#filter-engine").addEventListener("change", rerender);
   $("#filter-voice").addEventListener("input", rerender);
+  // Rows already shown are filtered at once; a complete tenant id also reloads the first page.
+  $("#filter-tenant").addEventListener("input", () => {
+    rerender();
+    if (/^[0-9a-f-]{36}$/i.test($("#filter-tenant").value.trim())) loadJobs().catch((e) => show(e.message));
+  });
   window.addEventListener("hashchange", route);
   route();
   start();
