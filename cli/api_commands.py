@@ -52,6 +52,7 @@ def add_parsers(sub: Any) -> None:
     j = sub.add_parser("jobs", help="list jobs, newest first")
     j.add_argument("--status", choices=["queued", "running", *TERMINAL])
     j.add_argument("--limit", type=int, default=20)
+    j.add_argument("--tenant-id", help="only this tenant's jobs (admin keys)")
     add_api_args(j)
     b = sub.add_parser("batches", help="list batches, or show/cancel/manifest one")
     b.add_argument(
@@ -222,10 +223,12 @@ def jobs(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.status:
         params["status"] = args.status
+    if args.tenant_id:
+        params["tenant_id"] = args.tenant_id
     with client(args) as c:
         data = call(c, "GET", "/v1/jobs", params=params)
     rows = [{**j, "error": (j.get("error") or {}).get("code")} for j in data["items"]]
-    _out(args, data, rows, ["id", "status", "engine", "created_at", "error"])
+    _out(args, data, rows, ["id", "tenant_id", "status", "engine", "created_at", "error"])
     return EXIT_OK
 
 

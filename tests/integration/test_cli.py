@@ -40,6 +40,10 @@ def test_cli_round_trip(api: str, tmp_path: Path) -> None:
     assert rc == 0 and shown["id"] == job["id"]
     rc, listed = cli(api, "jobs", "--limit", "5")
     assert rc == 0 and listed["items"][0]["id"] == job["id"]
+    rc, own = cli(api, "jobs", "--tenant-id", job["tenant_id"])
+    assert rc == 0 and [j["id"] for j in own["items"]] == [job["id"]]
+    rc, none = cli(api, "jobs", "--tenant-id", "00000000-0000-0000-0000-00000000dead")
+    assert rc == 0 and none["items"] == []
     rc, hooks = cli(api, "webhooks", "list", job["id"])
     assert rc == 0 and hooks == []
     rc, err = cli(api, "cancel", job["id"])
