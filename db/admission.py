@@ -207,8 +207,8 @@ async def insert_plain(
 
 
 def _plain(value: Any) -> Any:
-    # asyncpg's UUID type compares and hashes as uuid.UUID does, but is not one (pydantic and
-    # the ORM's identity map expect uuid.UUID).
+    # asyncpg returns its own UUID class (a C-backed subclass of uuid.UUID): turned into a plain
+    # uuid.UUID, the job is exactly what the session path returns, for the answer and beyond.
     if isinstance(value, uuid.UUID) and type(value) is not uuid.UUID:
         return uuid.UUID(bytes=value.bytes)
     return value
