@@ -41,10 +41,11 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # cli, core and the fixture engines
+from bench.doc_block import markers, write_block  # noqa: E402
+
 DB = "voicefarm_bench_admission"
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
-DOC = ROOT / "docs" / "BENCHMARKS.md"
-BEGIN, END = "<!-- bench/admission.py:begin -->", "<!-- bench/admission.py:end -->"
+BEGIN, END = markers("admission.py")
 TEXT = "Hello from the admission bench."
 
 
@@ -422,16 +423,6 @@ def report(
     return "\n".join([*out, END])
 
 
-def write(section: str) -> None:
-    text = DOC.read_text()
-    if BEGIN in text:
-        pattern = re.escape(BEGIN) + ".*?" + re.escape(END)
-        text = re.sub(pattern, lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n## Admission (`bench/admission.py`)\n\n" + section + "\n"
-    DOC.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--drive", type=int, help=argparse.SUPPRESS)  # the load process
@@ -502,7 +493,7 @@ def main() -> None:
     section = report(args, levels, overhead, rss, machine)
     print(section)
     if args.write:
-        write(section)
+        write_block("admission.py", section, "Admission (`bench/admission.py`)")
 
 
 if __name__ == "__main__":

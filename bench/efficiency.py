@@ -36,6 +36,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.doc_block import markers, write_block  # noqa: E402
+
 DB_URL = os.environ.get(
     "VOICEFARM_BENCH_DATABASE_URL",
     "postgresql+psycopg2://postgres@127.0.0.1:5432/voicefarm_bench_eff",
@@ -160,7 +163,6 @@ class Farm:
     def peak_rss(self) -> dict[str, float]:
         """Peak RSS (VmHWM, MiB) of the largest process under the API and under the workers
         (the synthesis worker, with Piper loaded)."""
-        sys.path.insert(0, str(ROOT))
         from tests.fixtures.processes import descendants
 
         out = {}
@@ -310,17 +312,10 @@ def main() -> None:
 
 
 def write(lines: list[str], command: str) -> None:
-    """Replace the generated block of docs/BENCHMARKS.md (between the markers; the prose
-    around it is kept), or add a section with one."""
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = "<!-- bench/efficiency.py:begin -->", "<!-- bench/efficiency.py:end -->"
+    """The figures, under the command that made them, in docs/BENCHMARKS.md."""
+    begin, end = markers("efficiency.py")
     block = f"{begin}\n`{command}`\n\n```\n" + "\n".join(lines) + f"\n```\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n## Efficiency (farm vs bare engine loop)\n\n" + block + "\n"
-    path.write_text(text)
+    write_block("efficiency.py", block, "Efficiency (farm vs bare engine loop)")
 
 
 if __name__ == "__main__":

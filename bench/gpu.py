@@ -44,6 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.doc_block import markers, write_block  # noqa: E402
 from bench.efficiency import SENTENCES as _EFFICIENCY_SENTENCES  # noqa: E402
 
 # The efficiency bench's sentences (its first eight, as measured in docs/BENCHMARKS.md).
@@ -267,15 +268,9 @@ def _gpu_name() -> str | None:
 
 
 def write(lines: list[str]) -> None:
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    text = path.read_text()
-    begin, end = "<!-- bench/gpu.py:begin -->", "<!-- bench/gpu.py:end -->"
+    begin, end = markers("gpu.py")
     block = begin + "\n" + "\n".join(lines) + "\n" + end
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n## Engines by device and precision\n\n" + block + "\n"
-    path.write_text(text)
+    write_block("gpu.py", block, "Engines by device and precision")
 
 
 if __name__ == "__main__":
