@@ -17,7 +17,6 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,14 +37,15 @@ from core.settings import Settings
 from core.webhooks import check_webhook_url
 from db import batches as bq
 from db import quotas as q
-from db.models import Batch, Job
+from db.jobs import JOB_COLUMNS
+from db.models import Batch
 from db.session import after_commit, session_scope
 from tasks.dispatch import dispatch
 
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
 # How many item failures a 422 lists (the count of all is in the message).
 MAX_REPORTED = 50
-_COLUMNS = [c.key for c in inspect(Job).column_attrs]
+_COLUMNS = [key for key, _ in JOB_COLUMNS]
 
 
 class BatchOptions(BaseModel):

@@ -30,11 +30,12 @@ import uuid
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import String, inspect
+from sqlalchemy import String
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from core.enums import DEFAULT_POOL
+from db.jobs import JOB_COLUMNS
 from db.models import Job
 
 # The same bounds as db/session.py's engine: a dead server or an exhausted pool becomes a quick
@@ -53,9 +54,7 @@ class LaneRefused(Exception):
     """PostgreSQL refused the statement; nothing was written."""
 
 
-# Every column of a job, by mapped attribute (`metadata_`) and column, in table order.
-_COLUMNS = [(a.key, a.columns[0]) for a in inspect(Job).column_attrs]
-_BY_KEY = dict(_COLUMNS)
+_BY_KEY = dict(JOB_COLUMNS)
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _statements: dict[tuple[str, ...], tuple[str, list[str]]] = {}
 
@@ -78,7 +77,7 @@ def _statement(keys: tuple[str, ...]) -> tuple[str, list[str]]:
     n = len(columns)
     names = ", ".join(f'"{c.name}"' for c in columns)
     values = ", ".join(f"${i}::{_sql_type(c)}" for i, c in enumerate(columns, 1))
-    back = [(k, c) for k, c in _COLUMNS if k not in keys or k == "metadata_"]
+    back = [(k, c) for k, c in JOB_COLUMNS if k not in keys or k == "metadata_"]
     returning = ", ".join(f'"{c.name}"' for _, c in back)
     # A limit is the tenant's own value, else the farm's default; 0 (or none) is unlimited
     # (api/quotas.py `_limit`). The pool: the tenant's, else the default (db/pools.py).
@@ -99,7 +98,7 @@ def _values(job: Job) -> dict[str, Any]:
     """The columns the usual INSERT would send (db/jobs.py create_job): what admission set, plus
     the Python defaults Core applies to the columns it did not; `pool` comes from the tenant."""
     given = {k: v for k, v in job.__dict__.items() if k in _BY_KEY and k != "pool"}
-    for key, column in _COLUMNS:
+    for key, column in JOB_COLUMNS:
         default = column.default
         if key in given or key == "pool" or default is None:
             continue

@@ -76,9 +76,10 @@ def find_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) ->
     return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
-# Every column of a job, by mapped attribute (`metadata_`) and column name (`metadata`).
-_JOB_COLUMNS = [(a.key, a.columns[0]) for a in inspect(Job).column_attrs]
-_INSERT_JOB = insert(cast(Table, Job.__table__)).returning(*(column for _, column in _JOB_COLUMNS))
+# Every column of a job, by mapped attribute (`metadata_`) and column name (`metadata`), in
+# table order (db/admission.py and api/batch_submit.py build their rows from it too).
+JOB_COLUMNS = [(a.key, a.columns[0]) for a in inspect(Job).column_attrs]
+_INSERT_JOB = insert(cast(Table, Job.__table__)).returning(*(column for _, column in JOB_COLUMNS))
 
 
 def create_job(session: Session, job: Job, base_url: str) -> list[str]:
@@ -96,9 +97,9 @@ def create_job(session: Session, job: Job, base_url: str) -> list[str]:
     job.dispatched_at = None
     given = job.__dict__
     row = session.execute(
-        _INSERT_JOB, {column.name: given[key] for key, column in _JOB_COLUMNS if key in given}
+        _INSERT_JOB, {column.name: given[key] for key, column in JOB_COLUMNS if key in given}
     ).one()
-    for (key, _), value in zip(_JOB_COLUMNS, row, strict=True):
+    for (key, _), value in zip(JOB_COLUMNS, row, strict=True):
         set_committed_value(job, key, value)
     make_transient_to_detached(job)
     session.add(job)  # persistent: no SQL, no pending change

@@ -153,11 +153,17 @@ function rerender() {
   [...jobs.values()].sort((a, b) => (a.created_at < b.created_at ? 1 : -1)).forEach(render);
 }
 
+// The tenant filter once it holds a whole tenant id (the API takes only those); "" until then.
+function tenantId() {
+  const tenant = $("#filter-tenant").value.trim();
+  return /^[0-9a-f-]{36}$/i.test(tenant) ? tenant : "";
+}
+
 async function loadJobs() {
   const status = $("#filter-status").value;
-  const tenant = $("#filter-tenant").value.trim();
+  const tenant = tenantId();
   const page = await api("/v1/jobs?limit=100" + (status ? "&status=" + status : "")
-    + (/^[0-9a-f-]{36}$/i.test(tenant) ? "&tenant_id=" + tenant : ""));
+    + (tenant ? "&tenant_id=" + tenant : ""));
   page.items.forEach(update);
   rerender();
 }
@@ -297,7 +303,7 @@ document.addEventListener("DOMContentLoaded", () => {
   // Rows already shown are filtered at once; a complete tenant id also reloads the first page.
   $("#filter-tenant").addEventListener("input", () => {
     rerender();
-    if (/^[0-9a-f-]{36}$/i.test($("#filter-tenant").value.trim())) loadJobs().catch((e) => show(e.message));
+    if (tenantId()) loadJobs().catch((e) => show(e.message));
   });
   window.addEventListener("hashchange", route);
   route();
