@@ -94,13 +94,13 @@ def flower_spec(settings: Settings, state: Path) -> ChildSpec:
 
 
 def api_argv(settings: Settings) -> list[str]:
-    """uvicorn serving the API with `VOICEFARM_API_WORKERS` processes. uvicorn imports the app
-    in each worker after the fork, so pools and clients are per process (house rule 5)."""
+    """The API with `VOICEFARM_API_WORKERS` uvicorn processes, a listening socket each
+    (api/serve.py says why not `uvicorn --workers`). Each process imports the app after the
+    spawn, so pools and clients are per process (house rule 5)."""
     return [
         sys.executable,
         "-m",
-        "uvicorn",
-        "api.main:app",
+        "api.serve",
         "--host",
         settings.api_host,
         "--port",

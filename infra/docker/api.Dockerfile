@@ -34,4 +34,5 @@ USER 10001:10001
 EXPOSE 8000
 # Healthchecks live in docker-compose.yml / the k8s probes: this image also runs beat, flower
 # and the ops worker, which do not serve /healthz.
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# VOICEFARM_API_WORKERS (default 2) uvicorn processes, a listening socket each (api/serve.py).
+CMD ["python", "-m", "api.serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,10 +1,14 @@
-"""`VOICEFARM_API_WORKERS`: the API as uvicorn's worker processes (what `voicefarm farm` runs),
-each answering requests with its own pools, made after the fork."""
+"""`VOICEFARM_API_WORKERS`: the API as several uvicorn processes (api/serve.py, what `voicefarm
+farm` and the containers run), each listening on a socket of its own (SO_REUSEPORT) and answering
+requests with its own pools, made after the spawn; a process that dies is replaced, a port that
+is taken stops the server with one message, and SIGTERM to the parent stops them all."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,14 +32,36 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _serving(pid: int, port: int) -> bool:
-    """Whether `pid` holds an accepted connection on `port` (from /proc: no psutil here)."""
-    established = set()
+def _sockets(port: int, state: str) -> set[str]:
+    """Inodes of the TCP sockets on local `port` in `state` (01 established, 0A listening)."""
+    out = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                established.add(fields[9])  # the socket's inode
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                out.add(fields[9])
+    return out
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+        if m:
+            out.add(m.group(1))
+    return out
+
+
+def _serving(pid: int, port: int) -> bool:
+    """Whether `pid` holds an accepted connection on `port` (from /proc: no psutil here)."""
+    established = _sockets(port, "01")
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -73,11 +99,11 @@ def two_workers(db: str, log_dir: Path) -> Iterator[tuple[str, Proc, int]]:
 
 def test_two_api_processes_both_serve_jobs(two_workers: tuple[str, Proc, int]) -> None:
     base, proc, port = two_workers
-    # uvicorn's worker processes (and multiprocessing's resource tracker, which serves nothing).
+    # The API's processes (and multiprocessing's resource tracker, if any: it serves nothing).
     workers = wait_until(
         lambda: kids if len(kids := _children(proc.popen.pid)) >= 2 else None,
         timeout=30,
-        what="uvicorn's worker processes",
+        what="the API's processes",
     )
     serving: list[int] = []
     clients: list[httpx.Client] = []
@@ -101,3 +127,89 @@ def test_two_api_processes_both_serve_jobs(two_workers: tuple[str, Proc, int]) -
     finally:
         for c in clients:
             c.close()
+
+
+def _api_processes(parent: int, port: int) -> dict[int, set[str]]:
+    """Each child of `parent` that listens on `port`, with the inodes of its listening sockets."""
+    listening = _sockets(port, "0A")
+    out = {}
+    for pid in _children(parent):
+        mine = _socket_inodes(pid) & listening
+        if mine:
+            out[pid] = mine
+    return out
+
+
+def test_each_process_listens_on_a_socket_of_its_own(two_workers: tuple[str, Proc, int]) -> None:
+    """The kernel spreads connections over SO_REUSEPORT sockets; one socket shared by every
+    process (`uvicorn --workers`) let one process accept 15 of 16 keep-alive clients. The parent
+    holds the port without listening, so it is given no connections."""
+    _, proc, port = two_workers
+    serving = wait_until(
+        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
+        timeout=30,
+        what="two listening API processes",
+    )
+    a, b = serving.values()
+    assert len(a) == len(b) == 1 and not a & b, serving
+    assert not _socket_inodes(proc.popen.pid) & _sockets(port, "0A")  # the parent: not listening
+
+
+def test_a_dead_api_process_is_replaced(two_workers: tuple[str, Proc, int]) -> None:
+    base, proc, port = two_workers
+    first = wait_until(
+        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
+        timeout=30,
+        what="two listening API processes",
+    )
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_until(
+        lambda: p
+        if len(p := _api_processes(proc.popen.pid, port)) == 2 and victim not in p
+        else None,
+        timeout=60,
+        what="a replacement API process",
+    )
+    assert set(replaced) - set(first), replaced
+    assert "event=api.process_died" in proc.tail()
+    for _ in range(8):  # new connections, whichever process gets them
+        r = httpx.post(f"{base}/v1/jobs", json={"text": "Still here.", "engine": "tone"})
+        assert r.status_code == 202, r.text
+
+
+def test_sigterm_to_the_parent_stops_every_process(two_workers: tuple[str, Proc, int]) -> None:
+    _, proc, port = two_workers
+    kids = wait_until(
+        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
+        timeout=30,
+        what="two listening API processes",
+    )
+    os.kill(proc.popen.pid, signal.SIGTERM)  # the parent only, not its process group
+    assert proc.popen.wait(timeout=40) == 0
+    for pid in kids:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"{pid} outlived its parent"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_taken_port_stops_the_server_with_one_message(db: str, log_dir: Path) -> None:
+    """Another program (no SO_REUSEPORT) holds the port: exit code 3 (uvicorn's startup
+    failure), a one-line reason, no traceback, no process left behind."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        settings = get_settings().model_copy(update={"api_port": port, "api_workers": 2})
+        proc = spawn("api-taken", api_argv(settings), log_dir)
+        assert proc.popen.wait(timeout=60) == 3, proc.tail()
+    out = proc.tail()
+    assert f"cannot listen on 127.0.0.1:{port}" in out, out
+    assert "Traceback" not in out, out

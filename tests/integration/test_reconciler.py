@@ -18,7 +18,7 @@ from db import jobs as q
 from db.models import Job
 from db.session import get_sessionmaker, session_scope
 from tasks.maintenance import reconcile
-from tasks.send import send_synthesize
+from tasks.send import send_synthesize, send_synthesize_many
 from tests.fixtures.processes import wait_until
 
 QUEUE = "synth.solo"  # served by no worker in this module: messages stay where we can read them
@@ -116,21 +116,57 @@ def test_publish_happens_after_the_transaction_commits(
     _age(db, job_id, 5)
     seen: list[Any] = []
 
-    def send(jid: uuid.UUID, engine: str, priority: str, pool: str = "default") -> None:
-        with get_sessionmaker(db)() as s:
-            # NOWAIT raises if the reconciler still held the row lock.
-            marked = s.execute(
-                text(
-                    "SELECT dispatched_at > now() - interval '1 minute' FROM jobs"
-                    " WHERE id = :i FOR UPDATE NOWAIT"
-                ),
-                {"i": jid},
-            ).scalar_one()
-            seen.append(marked)
-        send_synthesize(jid, engine, priority, pool)
+    def send(jobs: list[tuple[uuid.UUID, str, str, str]]) -> None:
+        for jid, _, _, _ in jobs:
+            with get_sessionmaker(db)() as s:
+                # NOWAIT raises if the reconciler still held the row lock.
+                marked = s.execute(
+                    text(
+                        "SELECT dispatched_at > now() - interval '1 minute' FROM jobs"
+                        " WHERE id = :i FOR UPDATE NOWAIT"
+                    ),
+                    {"i": jid},
+                ).scalar_one()
+                seen.append(marked)
+        send_synthesize_many(jobs)
 
     # The reconciler publishes through tasks.dispatch.publish, the dispatcher's one sender.
-    monkeypatch.setattr(dispatch, "send_synthesize", send)
+    monkeypatch.setattr(dispatch, "send_synthesize_many", send)
     assert reconcile()["republished"] == 1
     assert seen == [True]
     assert queued_job_ids(redis_client) == [str(job_id)]
+
+
+def test_publish_sends_in_batches_and_a_failed_batch_is_dispatched_again(
+    db: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tasks.dispatch.publish sends a pipeline per PUBLISH_BATCH messages. A broker error in one
+    batch leaves the earlier batches sent and marked, and clears the dispatch mark of that batch
+    and the ones after it (their delivery is unknown), so the next dispatch picks them at once."""
+    import tasks.dispatch as dispatch
+
+    jobs = [_new_job(db) for _ in range(5)]
+    with session_scope(db) as s:
+        s.execute(update(Job).where(Job.id.in_(jobs)).values(dispatched_at=text("now()")))
+    calls: list[int] = []
+
+    def flaky(batch: list[tuple[uuid.UUID, str, str, str]]) -> None:
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise ConnectionError("broker went away mid-dispatch")
+        send_synthesize_many(batch)
+
+    monkeypatch.setattr(dispatch, "PUBLISH_BATCH", 2)
+    monkeypatch.setattr(dispatch, "send_synthesize_many", flaky)
+    redispatch = [q.Redispatch(j, "solo", "interactive") for j in jobs]
+    with pytest.raises(dispatch.PublishFailed, match="3 jobs left"):
+        dispatch.publish(db, redispatch)
+    assert calls == [2, 2]
+    assert queued_job_ids(redis_client) == [str(j) for j in jobs[:2]]  # one pipeline, in order
+    with session_scope(db) as s:
+        marks = {j: q.get_job(s, j).dispatched_at is not None for j in jobs}
+    assert marks == {j: i < 2 for i, j in enumerate(jobs)}
+
+    monkeypatch.setattr(dispatch, "send_synthesize_many", send_synthesize_many)
+    assert dispatch.publish(db, redispatch[2:]) == 3
+    assert queued_job_ids(redis_client) == [str(j) for j in jobs]
