@@ -13,7 +13,8 @@ Then:
 2. admission: a second process (asyncio, raw keep-alive HTTP/1.1, one connection per client)
    posts short jobs for `--seconds` at each client level; jobs/s and p50/p99 per level. The
    jobs table is emptied between levels, so each starts from the same state; the worker runs.
-3. peak RSS (VmHWM) of every API process.
+3. peak RSS (VmHWM) of every API process;
+4. how the kernel spread each level's connections over the API processes (sampled mid-level).
 
 `--write` replaces the generated part of docs/BENCHMARKS.md's "Admission" section. `--profile`
 samples the API processes with py-spy during the 16-client level and prints the top frames.
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -180,6 +182,26 @@ def _descendants(pid: int) -> list[int]:
         out.append(p)
         todo.extend(parents.get(p, []))
     return out
+
+
+def _connection_split(api_pid: int, port: int) -> list[int]:
+    """How many established connections on `port` each API process holds, largest first (the
+    kernel's spread of keep-alive clients over the processes' listening sockets)."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
+                established.add(f"socket:[{f[9]}]")
+    counts = []
+    for pid in _descendants(api_pid):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if n := sum(1 for link in links if link in established):
+            counts.append(n)
+    return sorted(counts, reverse=True)
 
 
 def _peak_rss_mib(pid: int) -> dict[int, float]:
@@ -396,16 +418,17 @@ def report(
     cmd = "python bench/admission.py " + " ".join(sys.argv[1:])
     out = [BEGIN, f"Measured {machine}; `{cmd.strip()}`, API processes: {args.api_workers}.", ""]
     out += [
-        "| clients | jobs/s | p50 (ms) | p99 (ms) | answers | CPU ms per job: API / PostgreSQL / "
-        "worker / load generator |",
-        "| ---: | ---: | ---: | ---: | --- | --- |",
+        "| clients | jobs/s | p50 (ms) | p99 (ms) | answers | clients per API process "
+        "| CPU ms per job: API / PostgreSQL / worker / load generator |",
+        "| ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for n, r in levels.items():
         lat = [x * 1000 for x in r["lat"]]
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(r["codes"].items()))
         out.append(
             f"| {n} | {len(lat) / r['seconds']:.0f} | {_pct(lat, 50):.1f} | {_pct(lat, 99):.1f} "
-            f"| {codes} | {' / '.join(f'{v:.2f}' for v in r.get('cpu_ms', {}).values())} |"
+            f"| {codes} | {'/'.join(map(str, r.get('split', []))) or '-'} "
+            f"| {' / '.join(f'{v:.2f}' for v in r.get('cpu_ms', {}).values())} |"
         )
     if overhead:
         out += ["", "| one job at a time (ms) | p50 | p99 |", "| --- | ---: | ---: |"]
@@ -469,8 +492,16 @@ def main() -> None:
                     "worker": _descendants(farm.procs[1].pid),
                 }
             before = {k: _cpu_seconds(v) for k, v in groups.items()}
+            split: list[int] = []
+            if farm:
+                at = args.warmup + args.seconds / 2
+                sampler = threading.Timer(
+                    at, lambda f=farm, out=split: out.extend(_connection_split(f.api_pid, f.port))
+                )
+                sampler.start()
             levels[n] = run_level(url, n, args.seconds, args.api_key)
             r = levels[n]
+            r["split"] = split
             jobs = max(1, r.get("total", 0))
             r["cpu_ms"] = {k: (_cpu_seconds(groups[k]) - before[k]) * 1000 / jobs for k in groups}
             r["cpu_ms"]["load generator"] = r.get("cpu", 0.0) * 1000 / jobs
@@ -478,6 +509,7 @@ def main() -> None:
             print(
                 f"clients {n:3d}: {len(lat) / r['seconds']:7.1f} jobs/s"
                 f"  p50 {_pct(lat, 50):6.1f} ms  p99 {_pct(lat, 99):6.1f} ms  answers {r['codes']}"
+                f"  clients per API process {'/'.join(map(str, split)) or '-'}"
                 "\n      CPU ms per job: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms"].items()),
                 flush=True,
