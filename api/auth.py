@@ -55,8 +55,8 @@ DEFAULT_CALLER = Caller(DEFAULT_TENANT_ID, tq.SCOPE_TENANT)
 
 
 def _client(request: Request) -> str:
-    # The peer address. Behind a proxy every client shares the proxy's address: run uvicorn
-    # with --proxy-headers/--forwarded-allow-ips so this is the client's own (docs/SECURITY.md).
+    # The peer address. Behind a proxy every client shares the proxy's address: run the API
+    # with --forwarded-allow-ips=<proxy> so this is the client's own (docs/SECURITY.md).
     return request.client.host if request.client else "unknown"
 
 

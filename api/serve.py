@@ -10,7 +10,7 @@ spreads new connections over the processes by a hash of the addresses (docs/BENC
 Admission). `--workers 1` is plain uvicorn in this process.
 
     python -m api.serve [--host H] [--port P] [--workers N] [--log-level L] [--no-access-log]
-        [--proxy-headers --forwarded-allow-ips IPS]
+        [--forwarded-allow-ips IPS] [--no-proxy-headers]
 
 Host, port and workers default to `VOICEFARM_API_HOST`, `VOICEFARM_API_PORT` and
 `VOICEFARM_API_WORKERS`. SIGTERM or SIGINT stops every process gracefully (uvicorn finishes the
@@ -51,7 +51,7 @@ class ServeOptions:
     workers: int
     log_level: str = "info"
     access_log: bool = True
-    proxy_headers: bool = False
+    proxy_headers: bool = True  # uvicorn's default: trusted only from forwarded_allow_ips
     forwarded_allow_ips: str | None = None
     backlog: int = 2048
 
@@ -196,13 +196,19 @@ def parse(argv: list[str] | None = None) -> ServeOptions:
     from core.settings import get_settings
 
     settings = get_settings()
-    p = argparse.ArgumentParser(prog="python -m api.serve", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m api.serve",
+        description="The API as N uvicorn processes, a listening socket (SO_REUSEPORT) each.",
+    )
     p.add_argument("--host", default=settings.api_host)
     p.add_argument("--port", type=int, default=settings.api_port)
     p.add_argument("--workers", type=int, default=settings.api_workers)
     p.add_argument("--log-level", default="info")
     p.add_argument("--no-access-log", dest="access_log", action="store_false")
-    p.add_argument("--proxy-headers", action="store_true")
+    p.add_argument(
+        "--proxy-headers", action=argparse.BooleanOptionalAction, default=True
+    )  # X-Forwarded-For/-Proto, from --forwarded-allow-ips only (uvicorn: $FORWARDED_ALLOW_IPS
+    # or 127.0.0.1)
     p.add_argument("--forwarded-allow-ips", default=None)
     p.add_argument("--backlog", type=int, default=2048)
     a = p.parse_args(argv)

@@ -165,9 +165,9 @@ def test_a_dead_api_process_is_replaced(two_workers: tuple[str, Proc, int]) -> N
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
     replaced = wait_until(
-        lambda: p
-        if len(p := _api_processes(proc.popen.pid, port)) == 2 and victim not in p
-        else None,
+        lambda: (
+            p if len(p := _api_processes(proc.popen.pid, port)) == 2 and victim not in p else None
+        ),
         timeout=60,
         what="a replacement API process",
     )
