@@ -33,6 +33,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -54,6 +55,7 @@ class ServeOptions:
     proxy_headers: bool = True  # uvicorn's default: trusted only from forwarded_allow_ips
     forwarded_allow_ips: str | None = None
     backlog: int = 2048
+    app: str = "api.main:app"
 
 
 def listening_socket(host: str, port: int, backlog: int | None, reuse_port: bool) -> socket.socket:
@@ -80,7 +82,7 @@ def _config(options: ServeOptions) -> Any:
     import uvicorn
 
     return uvicorn.Config(
-        "api.main:app",
+        options.app,
         host=options.host,
         port=options.port,
         log_level=options.log_level,
@@ -101,7 +103,18 @@ def serve_one(options: ServeOptions, reuse_port: bool) -> None:
     except OSError as exc:
         print(f"voicefarm api: cannot listen on {options.host}:{options.port}: {exc}", flush=True)
         sys.exit(STARTUP_FAILURE)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except BaseException as exc:
+        if server.started:
+            raise
+        # The app raised while importing or starting: a restart would fail the same way.
+        if not isinstance(exc, SystemExit | KeyboardInterrupt):
+            traceback.print_exc()
+        sys.exit(STARTUP_FAILURE)
+    if not server.started:  # its startup failed (uvicorn's own check, in `uvicorn.main.run`)
+        sys.exit(STARTUP_FAILURE)
 
 
 class Processes:

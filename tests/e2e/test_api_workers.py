@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,3 +214,19 @@ def test_a_taken_port_stops_the_server_with_one_message(db: str, log_dir: Path) 
     out = proc.tail()
     assert f"cannot listen on 127.0.0.1:{port}" in out, out
     assert "Traceback" not in out, out
+
+
+def test_an_app_that_cannot_start_stops_the_server(db: str, log_dir: Path) -> None:
+    """An app that raises while importing is not restarted once a second forever: the
+    processes exit with uvicorn's startup failure (3) and so does the parent."""
+    script = (
+        "import sys; from api.serve import ServeOptions, Processes; "
+        f"sys.exit(Processes(ServeOptions('127.0.0.1', {free_port()}, 2, "
+        "app='tests.fixtures.broken_app:app')).run())"
+    )
+    proc = spawn("api-broken", [sys.executable, "-c", script], log_dir)
+    assert proc.popen.wait(timeout=60) == 3, proc.tail()
+    out = proc.tail(200)
+    assert "the app could not start" in out, out
+    assert "event=api.startup_failed" in out, out
+    assert "event=api.process_died" not in out, out  # never restarted
