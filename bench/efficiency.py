@@ -57,7 +57,8 @@ SENTENCES = [
     "The library has a new collection of maps.",
     "Thank you for calling, how can I help you today?",
 ]
-PHASES: tuple[str, ...] = ("claim", "prepare", "progress", "synthesize", "keep", "write", "quality")
+PHASES: tuple[str, ...] = ("claim", "prepare", "progress", "synthesize", "synthesize_cpu", "keep")
+PHASES += ("write", "quality")
 PHASES += ("encode", "upload", "finish")
 
 BARE = r"""
@@ -73,10 +74,13 @@ print("ready", flush=True)
 for line in sys.stdin:
     texts = json.loads(line)
     t0 = time.perf_counter()
+    cpu = 0.0
     for t in texts:
         for seg in prepare(t, e.spec, s.segment_max_chars, None).segments:
+            c0 = time.thread_time()
             e.synthesize([SegmentRequest(seg, None)])
-    print(time.perf_counter() - t0, flush=True)
+            cpu += time.thread_time() - c0
+    print(time.perf_counter() - t0, cpu, flush=True)
 """
 
 
@@ -217,7 +221,7 @@ def measure(
     farm: Farm, bare: subprocess.Popen[str], all_texts: list[str], rounds: int
 ) -> dict[str, Any]:
     per = len(all_texts) // rounds
-    farm_s = bare_s = 0.0
+    farm_s = bare_s = bare_cpu = 0.0
     ids: list[str] = []
     for r in range(rounds):
         chunk = all_texts[r * per : (r + 1) * per]
@@ -231,8 +235,15 @@ def measure(
                 assert bare.stdin and bare.stdout
                 bare.stdin.write(json.dumps(chunk) + "\n")
                 bare.stdin.flush()
-                bare_s += float(bare.stdout.readline())
-    return {"farm_s": farm_s, "bare_s": bare_s, "phases": phases(farm.log_path, set(ids))}
+                wall, cpu = bare.stdout.readline().split()
+                bare_s += float(wall)
+                bare_cpu += float(cpu)
+    return {
+        "farm_s": farm_s,
+        "bare_s": bare_s,
+        "bare_cpu": bare_cpu,
+        "phases": phases(farm.log_path, set(ids)),
+    }
 
 
 def report(label: str, m: dict[str, Any], jobs: int) -> list[str]:
@@ -243,6 +254,12 @@ def report(label: str, m: dict[str, Any], jobs: int) -> list[str]:
         f"efficiency {m['bare_s'] / m['farm_s']:.3f} (overhead {per_job:.1f} ms/job)",
         "  per job (mean ms, worker log): "
         + ", ".join(f"{k} {ph[k]:.1f}" for k in (*PHASES, "total") if k in ph),
+        # The engine's calls, wall and the calling thread's CPU (onnxruntime with one thread runs
+        # in it): wall above CPU is time the engine waited for a core; CPU above the bare loop's
+        # is the same work running slower (caches, memory bandwidth shared with the farm).
+        f"  engine calls per job (mean ms): farm {ph.get('synthesize', 0):.1f} wall / "
+        f"{ph.get('synthesize_cpu', 0):.1f} CPU; bare {m['bare_s'] / jobs * 1000:.1f} wall / "
+        f"{m['bare_cpu'] / jobs * 1000:.1f} CPU",
     ]
     return lines
 

@@ -478,6 +478,7 @@ def _synthesize_all(
     # text normalisation and segmentation, kept segments, the first beat.
     keeper.phases["prepare"] = time.perf_counter() - t0
     synth_seconds = 0.0
+    synth_cpu = 0.0  # this thread's CPU in those calls: below the wall time, it waited for a core
     timings: list[Timing] = []
     last: tuple[int, str, Audio | None] | None = None
     for i, segment in enumerate(segments):
@@ -495,9 +496,10 @@ def _synthesize_all(
         # A segment an earlier attempt kept is read back, not synthesized again.
         audio = store.load(i, segment) if i in kept else None
         if audio is None:
-            s0 = time.perf_counter()
+            s0, c0 = time.perf_counter(), time.thread_time()
             parts = _synthesize_segment(engine, segment, inp, prompt)
             synth_seconds += time.perf_counter() - s0
+            synth_cpu += time.thread_time() - c0
             k0 = time.perf_counter()
             if keeping:
                 audio = store.save(i, segment, parts)
@@ -524,6 +526,7 @@ def _synthesize_all(
                 webhook=inp.webhook,
             )
     keeper.phases["synthesize"] = synth_seconds
+    keeper.phases["synthesize_cpu"] = synth_cpu
     return Synthesized(writer, segments, timings, synth_seconds, cloned, last)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,17 @@ def test_piper_job_succeeds_with_real_speech_and_progress(client: TestClient, wo
     assert len(audio.content) == result["bytes"]
     duration = assert_speech(audio.content, rate=22050, words=len(text.split()))
     assert abs(duration - result["duration_s"]) < 0.01
+    # The worker's per-job timings line (bench/efficiency.py reads it): the engine calls' wall
+    # time and the calling thread's CPU in them, which cannot exceed it.
+    line = wait_until(
+        lambda: next(
+            (x for x in worker.tail(400).splitlines() if f"jobs.timings job={job['id']}" in x), None
+        ),
+        timeout=10,
+        what="the job's timings line",
+    )
+    phases = {k: float(v) for k, v in re.findall(r"(\w+)_ms=([\d.]+)", line)}
+    assert 0 < phases["synthesize_cpu"] <= phases["synthesize"] + 0.1, line
 
 
 def test_long_text_is_segmented_and_resampled(client: TestClient, worker: Proc) -> None:
