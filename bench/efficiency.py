@@ -246,7 +246,7 @@ def measure(
     }
 
 
-def report(label: str, m: dict[str, Any], jobs: int) -> list[str]:
+def report(label: str, m: dict[str, Any], jobs: int, batch: int = 1) -> list[str]:
     ph = m["phases"]
     per_job = (m["farm_s"] - m["bare_s"]) / jobs * 1000
     lines = [
@@ -259,7 +259,8 @@ def report(label: str, m: dict[str, Any], jobs: int) -> list[str]:
         # is the same work running slower (caches, memory bandwidth shared with the farm).
         f"  engine calls per job (mean ms): farm {ph.get('synthesize', 0):.1f} wall / "
         f"{ph.get('synthesize_cpu', 0):.1f} CPU; bare {m['bare_s'] / jobs * 1000:.1f} wall / "
-        f"{m['bare_cpu'] / jobs * 1000:.1f} CPU",
+        f"{m['bare_cpu'] / jobs * 1000:.1f} CPU"
+        + (f" (farm: each job logs its whole batch call, up to {batch} jobs)" if batch > 1 else ""),
     ]
     return lines
 
@@ -311,7 +312,7 @@ def main() -> None:
             rss = farm.peak_rss()
         finally:
             farm.stop()
-        out += report(f"batch {batch}", results[batch], args.jobs)
+        out += report(f"batch {batch}", results[batch], args.jobs, batch)
         out.append(
             f"  peak RSS (MiB): API process {rss['api']:.0f}, synthesis worker {rss['worker']:.0f}"
         )
