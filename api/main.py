@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
-from api.auth import get_caller
+from api.auth import close_clients, get_caller
 from api.metrics import CountRequests
 from api.routes import (
     batches,
@@ -30,7 +30,7 @@ from core.errors import TooManyAuthFailures, Unauthorized
 from core.heap import freeze_startup_objects
 from core.logging import configure_logging
 from core.settings import get_settings
-from db.admission import close_pools
+from db.aio import close_pools
 from tasks.send import warm_up
 
 
@@ -46,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     freeze_startup_objects()  # a gen-2 collection no longer stalls every request for ~150 ms
     yield
     await close_pools()
+    await close_clients()
     waiter = getattr(app.state, "waiter", None)
     if waiter is not None:
         await waiter.close()

@@ -1,7 +1,7 @@
 """Admission throughput and latency, dispatch overhead, and the API's memory, on this machine.
 
     .venv/bin/python bench/admission.py [--write] [--levels 1,16,64] [--seconds 8]
-        [--api-workers N] [--profile] [--url URL --api-key KEY]
+        [--api-workers N] [--auth] [--profile] [--url URL --api-key KEY]
 
 Without --url it starts the API (uvicorn, `VOICEFARM_API_WORKERS` processes, as `voicefarm farm`
 does) and `voicefarm workers` (one CPU worker, the `tone` fixture engine with timestamps:
@@ -122,16 +122,24 @@ def run_level(url: str, clients: int, seconds: float, key: str) -> dict[str, Any
     return result
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """utime + stime of each process that can be read, by pid."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out = {}
     for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+        out[p] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu_used(before: dict[int, float], pids: list[int]) -> float:
+    """CPU seconds used since `before` by the processes alive at both ends (a PostgreSQL backend
+    that exited in between would otherwise take its whole life's CPU out of the sum)."""
+    after = _cpu_seconds(pids)
+    return sum(after[p] - before[p] for p in after if p in before)
 
 
 def _postgres_pids() -> list[int]:
@@ -218,7 +226,7 @@ def _peak_rss_mib(pid: int) -> dict[int, float]:
 
 
 class Farm:
-    def __init__(self, api_workers: int) -> None:
+    def __init__(self, api_workers: int, auth: bool = False) -> None:
         from tests.fixtures.engines import FIXTURE_ENGINES
 
         self.tmp = Path(tempfile.mkdtemp(prefix="voicefarm-admission-"))
@@ -239,13 +247,15 @@ class Farm:
             "VOICEFARM_WORKER_ENGINES": "tone",
             "VOICEFARM_EXTRA_ENGINES": f"{FIXTURE_ENGINES},tone=bench.stamp_engine:Stamp",
             "VOICEFARM_BENCH_STAMPS": str(self.stamps),
-            "VOICEFARM_AUTH_ENABLED": "false",
+            "VOICEFARM_AUTH_ENABLED": "true" if auth else "false",
             "VOICEFARM_SUPERVISOR_METRICS_PORT": "0",
             "VOICEFARM_WORKER_METRICS_PORT": "0",
             "VOICEFARM_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.key = ""  # with auth: a tenant key, made by start()
+        self.auth = auth
 
     def start(self) -> None:
         admin = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -253,6 +263,18 @@ class Farm:
             _sql(admin, f"CREATE DATABASE {DB}")
         migrate = [sys.executable, "-m", "cli.main", "migrate"]
         subprocess.run(migrate, check=True, cwd=ROOT, env=self.env)
+        if self.auth:  # a tenant without limits (the lane's case) and a key for it
+            cli = [sys.executable, "-m", "cli.main"]
+            subprocess.run([*cli, "tenants", "create", "bench"], cwd=ROOT, env=self.env)
+            made = subprocess.run(
+                [*cli, "keys", "create", "--tenant", "bench", "--name", "bench/admission.py"],
+                cwd=ROOT,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            self.key = made.stdout.split()[0]
         import redis
 
         redis.Redis.from_url(self.env["VOICEFARM_REDIS_URL"]).flushdb()
@@ -280,17 +302,26 @@ class Farm:
             try:
                 if job_id is None:
                     r = httpx.post(
-                        f"{self.url}/v1/jobs", json={"text": "Warm up.", "engine": "tone"}
+                        f"{self.url}/v1/jobs",
+                        json={"text": "Warm up.", "engine": "tone"},
+                        headers=self.headers,
                     )
                     if r.status_code == 202:
                         job_id = r.json()["id"]
-                elif httpx.get(f"{self.url}/v1/jobs/{job_id}").json()["status"] == "succeeded":
+                elif (
+                    httpx.get(f"{self.url}/v1/jobs/{job_id}", headers=self.headers).json()["status"]
+                    == "succeeded"
+                ):
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         else:
             raise SystemExit(f"the farm did not start; see {self.tmp / 'farm.log'}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
     def clear(self) -> None:
         _sql(self.dsn, "TRUNCATE jobs CASCADE")
@@ -312,7 +343,7 @@ def dispatch_overhead(farm: Farm, jobs: int) -> dict[str, list[float]]:
 
     farm.clear()  # the warm-up job succeeded (Farm.start)
     sent: dict[str, tuple[str, float]] = {}
-    with httpx.Client(base_url=farm.url, timeout=30) as c:
+    with httpx.Client(base_url=farm.url, timeout=30, headers=farm.headers) as c:
         for i in range(jobs):
             word = "".join(chr(97 + int(d)) for d in f"{i:03d}")  # digits would be normalised
             t0 = time.time()
@@ -416,7 +447,13 @@ def report(
     machine: str,
 ) -> str:
     cmd = "python bench/admission.py " + " ".join(sys.argv[1:])
-    out = [BEGIN, f"Measured {machine}; `{cmd.strip()}`, API processes: {args.api_workers}.", ""]
+    auth = "on (a tenant key)" if args.auth else "off"
+    out = [
+        BEGIN,
+        f"Measured {machine}; `{cmd.strip()}`, API processes: {args.api_workers}, "
+        f"authentication {auth}.",
+        "",
+    ]
     out += [
         "| clients | jobs/s | p50 (ms) | p99 (ms) | answers | clients per API process "
         "| CPU ms per job: API / PostgreSQL / worker / load generator |",
@@ -457,6 +494,9 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=None)
     parser.add_argument("--dispatch-jobs", type=int, default=40)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--auth", action="store_true", help="authentication on, clients with a tenant key"
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     if args.drive:
@@ -468,7 +508,7 @@ def main() -> None:
 
         args.api_workers = Settings().api_workers
     machine = _machine()
-    farm = None if args.url else Farm(args.api_workers)
+    farm = None if args.url else Farm(args.api_workers, args.auth)
     url = args.url or (farm.url if farm else "")
     levels: dict[int, Any] = {}
     overhead: dict[str, list[float]] = {}
@@ -499,11 +539,11 @@ def main() -> None:
                     at, lambda f=farm, out=split: out.extend(_connection_split(f.api_pid, f.port))
                 )
                 sampler.start()
-            levels[n] = run_level(url, n, args.seconds, args.api_key)
+            levels[n] = run_level(url, n, args.seconds, farm.key if farm else args.api_key)
             r = levels[n]
             r["split"] = split
             jobs = max(1, r.get("total", 0))
-            r["cpu_ms"] = {k: (_cpu_seconds(groups[k]) - before[k]) * 1000 / jobs for k in groups}
+            r["cpu_ms"] = {k: _cpu_used(before[k], groups[k]) * 1000 / jobs for k in groups}
             r["cpu_ms"]["load generator"] = r.get("cpu", 0.0) * 1000 / jobs
             lat = [x * 1000 for x in r["lat"]]
             print(

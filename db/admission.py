@@ -14,40 +14,26 @@ usual way writes: the same columns, Python defaults applied as SQLAlchemy's Core
 server defaults left to PostgreSQL, the pool chosen as db/pools.py chooses it for a job without
 a cloned voice.
 
-Pools: one asyncpg pool per database URL and event loop, made on first use in the process and
-loop that serve (house rule 5), closed by the app's lifespan (`close_pools`). A pooled
-connection that PostgreSQL closed is noticed by the loop and replaced on the next acquire, so no
-pre-ping. Errors: a connection error raises DatabaseUnavailable (the API answers 503, as for the
-usual path); any error PostgreSQL raised for the statement left nothing behind (one statement,
-one transaction) and raises LaneRefused, which sends the job the usual way.
+The connection comes from db/aio.py's pools. Errors: a connection error raises
+DatabaseUnavailable (the API answers 503, as for the usual path); any error PostgreSQL raised
+for the statement left nothing behind (one statement, one transaction) and raises LaneRefused,
+which sends the job the usual way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import uuid
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 from sqlalchemy import String
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import make_url
 
 from core.enums import DEFAULT_POOL
+from db.aio import DatabaseUnavailable, fetchrow, plain
 from db.jobs import JOB_COLUMNS
 from db.models import Job
 
-# The same bounds as db/session.py's engine: a dead server or an exhausted pool becomes a quick
-# 503, not a request hanging for minutes.
-POOL_SIZE = 10
-CONNECT_TIMEOUT = 5.0
-POOL_TIMEOUT = 10.0
-COMMAND_TIMEOUT = 10.0
-
-
-class DatabaseUnavailable(Exception):
-    """PostgreSQL could not be reached, or the connection broke during the statement."""
+__all__ = ["DatabaseUnavailable", "LaneRefused", "insert_plain"]
 
 
 class LaneRefused(Exception):
@@ -109,71 +95,6 @@ def _values(job: Job) -> dict[str, Any]:
     return given
 
 
-_pools: dict[tuple[str, asyncio.AbstractEventLoop], asyncio.Task[asyncpg.Pool]] = {}
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def _keep(conn: asyncpg.Connection) -> None:
-    return None
-
-
-async def _make_pool(database_url: str) -> asyncpg.Pool:
-    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=0,
-        max_size=POOL_SIZE,
-        timeout=CONNECT_TIMEOUT,
-        command_timeout=COMMAND_TIMEOUT,
-        init=_init_connection,
-        # A connection here only ever runs this one autocommit statement: no session state
-        # (SET, LISTEN, advisory locks, cursors) to reset, and asyncpg's reset is a round trip
-        # per release.
-        reset=_keep,
-    )
-    return cast(asyncpg.Pool, pool)
-
-
-async def _pool(database_url: str) -> asyncpg.Pool:
-    loop = asyncio.get_running_loop()
-    task = _pools.get((database_url, loop))
-    if task is None:
-        task = _pools[(database_url, loop)] = loop.create_task(_make_pool(database_url))
-    return await task
-
-
-async def close_pools() -> None:
-    """Close this event loop's pools (the app's lifespan, at shutdown)."""
-    loop = asyncio.get_running_loop()
-    for key in [k for k in _pools if k[1] is loop]:
-        task = _pools.pop(key)
-        try:
-            pool = await task
-        except Exception:
-            continue
-        await pool.close()
-    # Pools of loops that ended without a lifespan (a test's): nothing can close them now.
-    for key in [k for k in _pools if k[1].is_closed()]:
-        del _pools[key]
-
-
-# Errors that say the connection, not the statement, failed: whether PostgreSQL committed is
-# then unknown to us, as for a failed COMMIT on the usual path, and the answer is the same 503.
-_CONNECTION_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
-
-
 async def insert_plain(
     database_url: str, job: Job, limits: tuple[int, int, int], default_pool: str = DEFAULT_POOL
 ) -> Job | None:
@@ -186,11 +107,7 @@ async def insert_plain(
     sql, returned = _statement(tuple(values))
     args = [*values.values(), default_pool, job.tenant_id, *limits]
     try:
-        pool = await _pool(database_url)
-        async with pool.acquire(timeout=POOL_TIMEOUT) as conn:
-            row = await conn.fetchrow(sql, *args)
-    except _CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        row = await fetchrow(database_url, sql, *args)
     except asyncpg.PostgresError as exc:
         raise LaneRefused(f"{type(exc).__name__}: {exc}") from exc
     if row is None:
@@ -201,13 +118,5 @@ async def insert_plain(
     state = job.__dict__
     state.update(values)
     for key, value in zip(returned, row, strict=True):
-        state[key] = _plain(value)
+        state[key] = plain(value)
     return job
-
-
-def _plain(value: Any) -> Any:
-    # asyncpg returns its own UUID class (a C-backed subclass of uuid.UUID): turned into a plain
-    # uuid.UUID, the job is exactly what the session path returns, for the answer and beyond.
-    if isinstance(value, uuid.UUID) and type(value) is not uuid.UUID:
-        return uuid.UUID(bytes=value.bytes)
-    return value

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import apikeys
@@ -161,33 +161,3 @@ class Authenticated:
     tenant_id: uuid.UUID | None  # None: an admin key
     tenant_name: str | None
     scope: str
-
-
-def authenticate(session: Session, key: str) -> Authenticated | None:
-    """Who `key` belongs to; None for a malformed, unknown, wrong or revoked key."""
-    prefix = apikeys.prefix_of(key)
-    if prefix is None:
-        return None
-    row = session.execute(
-        select(ApiKey, Tenant.name)
-        .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
-        .where(ApiKey.prefix == prefix)
-    ).first()
-    if row is None:
-        apikeys.matches(key, "0" * 64)  # same work as a wrong secret
-        return None
-    api_key, tenant_name = row
-    if not apikeys.matches(key, api_key.key_hash) or api_key.revoked_at is not None:
-        return None
-    session.execute(
-        update(ApiKey)
-        .where(
-            ApiKey.id == api_key.id,
-            or_(
-                ApiKey.last_used_at.is_(None),
-                ApiKey.last_used_at < func.now() - LAST_USED_RESOLUTION,
-            ),
-        )
-        .values(last_used_at=func.now())
-    )
-    return Authenticated(api_key.tenant_id, tenant_name, api_key.scope)

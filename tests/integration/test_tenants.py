@@ -150,6 +150,32 @@ def test_redis_down_never_fails_auth(client: TestClient, db: str) -> None:
     assert client.get("/v1/jobs", headers=good.headers).status_code == 200
 
 
+def test_a_database_outage_is_a_503_not_a_bad_key(
+    client: TestClient, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key lookup (db/keys.py, asyncpg in the event loop) loses its connection (injected:
+    asyncpg raises as for a server that closed it): 503 with Retry-After, not a 401, and the
+    address is not charged a failed authentication; the next request authenticates."""
+    import asyncpg
+
+    _auth_on(client, auth_failures_per_minute=1)
+    good = tenant_with_key(db, "t")
+    real = asyncpg.connection.Connection.fetchrow
+
+    async def dropped(self: Any, *a: Any, **k: Any) -> None:
+        raise asyncpg.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation"
+        )
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetchrow", dropped)
+    for _ in range(2):  # past the limit of 1 failure, were they counted as failures
+        r = client.get("/v1/jobs", headers=good.headers)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
+        assert int(r.headers["retry-after"]) > 0
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetchrow", real)
+    assert client.get("/v1/jobs", headers=good.headers).status_code == 200
+
+
 def test_auth_off_acts_as_the_default_tenant_and_production_refuses_it(
     client: TestClient, db: str
 ) -> None:
