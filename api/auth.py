@@ -30,6 +30,7 @@ from db.models import DEFAULT_TENANT_ID
 log = logging.getLogger("voicefarm.api")
 WINDOW_SECONDS = 60
 REDIS_TIMEOUT_SECONDS = 0.5
+REDIS_MAX_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ def _redis(settings: Settings) -> Any:
             settings.redis_url,
             socket_timeout=REDIS_TIMEOUT_SECONDS,
             socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            # Bounded: a flood of requests must not open a Redis connection each; past the
+            # bound a request's check fails open, as when Redis is down.
+            max_connections=REDIS_MAX_CONNECTIONS,
         )
     return client
 

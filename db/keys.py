@@ -8,9 +8,15 @@ time (core/apikeys.py).
 
 from __future__ import annotations
 
+import logging
+
+import asyncpg
+
 from core import apikeys
-from db.aio import fetchrow, plain
+from db.aio import DatabaseUnavailable, fetchrow, plain
 from db.tenants import LAST_USED_RESOLUTION, Authenticated
+
+log = logging.getLogger("voicefarm.api")
 
 _LOOKUP = (
     "SELECT k.id, k.tenant_id, k.scope, k.key_hash, k.revoked_at IS NOT NULL AS revoked, "
@@ -37,5 +43,9 @@ async def authenticate(database_url: str, key: str) -> Authenticated | None:
     if not apikeys.matches(key, row["key_hash"]) or row["revoked"]:
         return None
     if row["due"]:
-        await fetchrow(database_url, _TOUCH, row["id"], LAST_USED_RESOLUTION)
+        try:
+            await fetchrow(database_url, _TOUCH, row["id"], LAST_USED_RESOLUTION)
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            # A bookkeeping write: the key is valid whether or not it is recorded this minute.
+            log.warning("event=api.key_last_used_failed error=%s", type(exc).__name__)
     return Authenticated(plain(row["tenant_id"]), row["name"], row["scope"])

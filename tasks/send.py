@@ -37,7 +37,10 @@ def send_synthesize_many(
     (kombu's producer batch: one client and one pipeline instead of one per message, about half
     the CPU per message at five messages). Either every message was delivered, or this raised
     and the delivery of each is unknown: the caller clears their dispatch marks, and a message
-    sent twice is harmless because a job is claimed once (the attempt fences the rest)."""
+    sent twice is harmless because a job is claimed once (the attempt fences the rest). The
+    pipeline is written when the batch closes, outside Celery's publish retry: a broken
+    connection fails the batch at once, and the next dispatch pass (or the reconciler) sends
+    its jobs again."""
     if not jobs:
         return
     from tasks.app import celery_app

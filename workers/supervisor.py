@@ -10,7 +10,6 @@ device after a CUDA OOM; that restart is counted as `oom`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.enums import DEFAULT_POOL, Priority, synth_queue
+from core.process import die_with_parent
 from core.settings import Settings
 from workers import heartbeat
 from workers.device import visible_gpus
@@ -60,11 +60,7 @@ class Child:
 
 def _die_with_parent() -> None:
     """Children get SIGTERM if the supervisor dies (Linux), so no orphan keeps a GPU."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    die_with_parent(signal.SIGTERM)
     os.setpgrp()
 
 

@@ -201,19 +201,67 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_a_taken_port_stops_the_server_with_one_message(db: str, log_dir: Path) -> None:
-    """Another program (no SO_REUSEPORT) holds the port: exit code 3 (uvicorn's startup
-    failure), a one-line reason, no traceback, no process left behind."""
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["another-program", "another-api"])
+def test_a_taken_port_stops_the_server_with_one_message(
+    db: str, log_dir: Path, reuse_port: bool
+) -> None:
+    """Something listens on the port already: another program, or a second api.serve (whose
+    sockets have SO_REUSEPORT and would otherwise silently share the port with this one). Exit
+    code 3 (uvicorn's startup failure), a one-line reason, no traceback."""
     with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
         settings = get_settings().model_copy(update={"api_port": port, "api_workers": 2})
-        proc = spawn("api-taken", api_argv(settings), log_dir)
+        proc = spawn(f"api-taken-{reuse_port}", api_argv(settings), log_dir)
         assert proc.popen.wait(timeout=60) == 3, proc.tail()
     out = proc.tail()
     assert f"cannot listen on 127.0.0.1:{port}" in out, out
     assert "Traceback" not in out, out
+
+
+def test_sighup_replaces_every_process_one_at_a_time(two_workers: tuple[str, Proc, int]) -> None:
+    base, proc, port = two_workers
+    before = wait_until(
+        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
+        timeout=30,
+        what="two listening API processes",
+    )
+    os.kill(proc.popen.pid, signal.SIGHUP)
+    after = wait_until(
+        lambda: (
+            p
+            if len(p := _api_processes(proc.popen.pid, port)) == 2 and not set(p) & set(before)
+            else None
+        ),
+        timeout=90,
+        what="two new listening API processes",
+    )
+    assert proc.alive() and "event=api.reloading" in proc.tail()
+    assert set(after).isdisjoint(before)
+    r = httpx.post(f"{base}/v1/jobs", json={"text": "After the reload.", "engine": "tone"})
+    assert r.status_code == 202, r.text
+
+
+def test_the_processes_do_not_outlive_a_killed_parent(two_workers: tuple[str, Proc, int]) -> None:
+    """SIGKILL (or the OOM killer) on the parent: the kernel sends each process SIGTERM
+    (PR_SET_PDEATHSIG), so none keeps serving the port as an orphan."""
+    _, proc, port = two_workers
+    kids = wait_until(
+        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
+        timeout=30,
+        what="two listening API processes",
+    )
+    os.kill(proc.popen.pid, signal.SIGKILL)
+    proc.popen.wait(timeout=10)
+    wait_until(
+        lambda: all(not Path(f"/proc/{pid}").exists() or _zombie(pid) for pid in kids),
+        timeout=40,
+        what="the API processes to exit after their parent",
+    )
+    assert not _sockets(port, "0A"), "something still listens on the port"
 
 
 def test_an_app_that_cannot_start_stops_the_server(db: str, log_dir: Path) -> None:

@@ -170,3 +170,38 @@ def test_publish_sends_in_batches_and_a_failed_batch_is_dispatched_again(
     monkeypatch.setattr(dispatch, "send_synthesize_many", send_synthesize_many)
     assert dispatch.publish(db, redispatch[2:]) == 3
     assert queued_job_ids(redis_client) == [str(j) for j in jobs]
+
+
+def test_a_batch_that_fails_half_way_sends_none_of_it(
+    db: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside one real kombu batch (no stand-in for the pipeline), the second message fails to
+    build: the first, already buffered, is discarded with the batch, so nothing of it reaches
+    Redis, and every job of it is unmarked for the next dispatch. The pooled producer works
+    for the next batch."""
+    import tasks.dispatch as dispatch
+    from tasks.app import celery_app
+
+    jobs = [_new_job(db) for _ in range(3)]
+    with session_scope(db) as s:
+        s.execute(update(Job).where(Job.id.in_(jobs)).values(dispatched_at=text("now()")))
+    real = celery_app.send_task
+    calls = 0
+
+    def second_fails(*a: Any, **k: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("the broker went away mid-batch")
+        return real(*a, **k)
+
+    monkeypatch.setattr(celery_app, "send_task", second_fails)
+    redispatch = [q.Redispatch(j, "solo", "interactive") for j in jobs]
+    with pytest.raises(dispatch.PublishFailed, match="3 jobs left"):
+        dispatch.publish(db, redispatch)
+    assert queued_job_ids(redis_client) == []  # the buffered first message was discarded
+    with session_scope(db) as s:
+        assert all(q.get_job(s, j).dispatched_at is None for j in jobs)
+    monkeypatch.setattr(celery_app, "send_task", real)
+    assert dispatch.publish(db, redispatch) == 3
+    assert queued_job_ids(redis_client) == [str(j) for j in jobs]
