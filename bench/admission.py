@@ -548,7 +548,8 @@ def main() -> None:
             lat = [x * 1000 for x in r["lat"]]
             print(
                 f"clients {n:3d}: {len(lat) / r['seconds']:7.1f} jobs/s"
-                f"  p50 {_pct(lat, 50):6.1f} ms  p99 {_pct(lat, 99):6.1f} ms  answers {r['codes']}"
+                f"  p50 {_pct(lat, 50):6.1f} ms  p90 {_pct(lat, 90):6.1f}  p99 {_pct(lat, 99):6.1f}"
+                f"  p99.9 {_pct(lat, 99.9):6.1f} ms  answers {r['codes']}"
                 f"  clients per API process {'/'.join(map(str, split)) or '-'}"
                 "\n      CPU ms per job: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_ms"].items()),
