@@ -62,19 +62,7 @@ def _socket_inodes(pid: int) -> set[str]:
 
 def _serving(pid: int, port: int) -> bool:
     """Whether `pid` holds an accepted connection on `port` (from /proc: no psutil here)."""
-    established = _sockets(port, "01")
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            continue
-        if m and m.group(1) in established:
-            return True
-    return False
+    return bool(_socket_inodes(pid) & _sockets(port, "01"))
 
 
 @pytest.fixture
@@ -141,16 +129,22 @@ def _api_processes(parent: int, port: int) -> dict[int, set[str]]:
     return out
 
 
+def _two_listening(proc: Proc, port: int) -> dict[int, set[str]]:
+    """Waits for the server's two processes to listen; returns them as `_api_processes` does."""
+    result: dict[int, set[str]] = wait_until(
+        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
+        timeout=30,
+        what="two listening API processes",
+    )
+    return result
+
+
 def test_each_process_listens_on_a_socket_of_its_own(two_workers: tuple[str, Proc, int]) -> None:
     """The kernel spreads connections over SO_REUSEPORT sockets; one socket shared by every
     process (`uvicorn --workers`) let one process accept 15 of 16 keep-alive clients. The parent
     holds the port without listening, so it is given no connections."""
     _, proc, port = two_workers
-    serving = wait_until(
-        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
-        timeout=30,
-        what="two listening API processes",
-    )
+    serving = _two_listening(proc, port)
     a, b = serving.values()
     assert len(a) == len(b) == 1 and not a & b, serving
     assert not _socket_inodes(proc.popen.pid) & _sockets(port, "0A")  # the parent: not listening
@@ -158,11 +152,7 @@ def test_each_process_listens_on_a_socket_of_its_own(two_workers: tuple[str, Pro
 
 def test_a_dead_api_process_is_replaced(two_workers: tuple[str, Proc, int]) -> None:
     base, proc, port = two_workers
-    first = wait_until(
-        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
-        timeout=30,
-        what="two listening API processes",
-    )
+    first = _two_listening(proc, port)
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
     replaced = wait_until(
@@ -181,11 +171,7 @@ def test_a_dead_api_process_is_replaced(two_workers: tuple[str, Proc, int]) -> N
 
 def test_sigterm_to_the_parent_stops_every_process(two_workers: tuple[str, Proc, int]) -> None:
     _, proc, port = two_workers
-    kids = wait_until(
-        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
-        timeout=30,
-        what="two listening API processes",
-    )
+    kids = _two_listening(proc, port)
     os.kill(proc.popen.pid, signal.SIGTERM)  # the parent only, not its process group
     assert proc.popen.wait(timeout=40) == 0
     for pid in kids:
@@ -224,11 +210,7 @@ def test_a_taken_port_stops_the_server_with_one_message(
 
 def test_sighup_replaces_every_process_one_at_a_time(two_workers: tuple[str, Proc, int]) -> None:
     base, proc, port = two_workers
-    before = wait_until(
-        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
-        timeout=30,
-        what="two listening API processes",
-    )
+    before = _two_listening(proc, port)
     os.kill(proc.popen.pid, signal.SIGHUP)
     after = wait_until(
         lambda: (
@@ -249,11 +231,7 @@ def test_the_processes_do_not_outlive_a_killed_parent(two_workers: tuple[str, Pr
     """SIGKILL (or the OOM killer) on the parent: the kernel sends each process SIGTERM
     (PR_SET_PDEATHSIG), so none keeps serving the port as an orphan."""
     _, proc, port = two_workers
-    kids = wait_until(
-        lambda: p if len(p := _api_processes(proc.popen.pid, port)) == 2 else None,
-        timeout=30,
-        what="two listening API processes",
-    )
+    kids = _two_listening(proc, port)
     os.kill(proc.popen.pid, signal.SIGKILL)
     proc.popen.wait(timeout=10)
     wait_until(
