@@ -108,6 +108,16 @@ async def fetchrow(database_url: str, sql: str, *args: Any) -> asyncpg.Record | 
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
+async def fetch(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """One statement on a pooled connection in autocommit; all its rows."""
+    try:
+        pool = await _pool(database_url)
+        async with pool.acquire(timeout=POOL_TIMEOUT) as conn:
+            return cast(list[asyncpg.Record], await conn.fetch(sql, *args))
+    except _CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
 def plain(value: Any) -> Any:
     """asyncpg's UUIDs are its own C-backed subclass of uuid.UUID: a plain uuid.UUID instead, so
     what comes out is exactly what the session path returns, for answers and comparisons."""

@@ -176,18 +176,18 @@ def test_a_connection_lost_in_the_async_lane_is_503_and_sends_no_message(
     no message; the next request gets a new connection and is admitted."""
     import asyncpg
 
-    real = asyncpg.connection.Connection.fetchrow
+    real = asyncpg.connection.Connection.fetch
 
     async def dropped(self: Any, *a: Any, **k: Any) -> None:
         raise asyncpg.ConnectionDoesNotExistError(
             "connection was closed in the middle of operation"
         )
 
-    monkeypatch.setattr(asyncpg.connection.Connection, "fetchrow", dropped)
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", dropped)
     r = client.post("/v1/jobs", json={"text": "never half-written"})
     assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
     assert int(r.headers["retry-after"]) > 0
-    monkeypatch.setattr(asyncpg.connection.Connection, "fetchrow", real)
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", real)
     assert _rows(db) == (0, 0)
     assert redis_client.llen("synth.piper") == 0
     assert client.post("/v1/jobs", json={"text": "admitted"}).status_code == 202

@@ -1,0 +1,166 @@
+"""Group commit in the async lane (db/admission.py): jobs admitted while a statement is on its
+way to PostgreSQL share the next one, and a batch answers each job as a statement of its own
+would have. Real PostgreSQL; the statements are counted by wrapping db.admission.fetch."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from api.admission import admit
+from api.schemas import JobCreate
+from core.settings import Settings
+from db import admission as lane
+from db.aio import close_pools
+from db.models import DEFAULT_TENANT_ID, Job, Tenant
+from db.session import session_scope
+
+NO_LIMITS = (0, 0, 0)
+
+
+def _job(settings: Settings, text: str = "Hello there.", **kw: Any) -> Job:
+    job = admit(None, JobCreate(text=text), settings, kw.pop("tenant_id", DEFAULT_TENANT_ID))
+    # As api/submit.py sets them, so every job has the same columns (and can share a statement).
+    job.idempotency_key = kw.pop("idempotency_key", None)
+    job.request_hash = "0" * 64
+    for key, value in kw.items():
+        setattr(job, key, value)
+    return job
+
+
+def _count_statements(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows per statement the lane sent (the number of jobs in each)."""
+    sizes: list[int] = []
+    real = lane.fetch
+
+    async def counted(url: str, sql: str, *args: Any) -> Any:
+        sizes.append(len(re.findall(r"\(\$\d+::", sql)))
+        return await real(url, sql, *args)
+
+    monkeypatch.setattr(lane, "fetch", counted)
+    return sizes
+
+
+def _run(coro: Any) -> Any:
+    async def main() -> Any:
+        try:
+            return await coro
+        finally:
+            await close_pools()
+
+    return asyncio.run(main())
+
+
+async def _together(url: str, jobs: list[Job], limits: tuple[int, int, int] = NO_LIMITS) -> Any:
+    """The first job on its way alone, then the others admitted while it is: a request's
+    usual lot under load."""
+    first = asyncio.ensure_future(lane.insert_plain(url, jobs[0], limits))
+    key = (url, asyncio.get_running_loop())
+    while key not in lane._lanes or lane._lanes[key].waiting or not lane._lanes[key].flushing:
+        await asyncio.sleep(0)  # until the first's statement has left (no clock involved)
+    rest = [lane.insert_plain(url, j, limits) for j in jobs[1:]]
+    return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+def _rows(url: str) -> dict[uuid.UUID, Job]:
+    with session_scope(url) as s:
+        return {j.id: j for j in s.scalars(select(Job))}
+
+
+def test_concurrent_jobs_share_a_statement_and_each_gets_its_row(
+    db: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = _count_statements(monkeypatch)
+    jobs = [_job(settings, f"Job number {i}.") for i in range(12)]
+    written = _run(_together(db, jobs))
+    # The first goes alone, at once; the other eleven, admitted meanwhile, go together.
+    assert sizes == [1, 11]
+    assert [w.id for w in written] == [j.id for j in jobs]
+    rows = _rows(db)
+    assert set(rows) == {j.id for j in jobs}
+    for job in written:
+        row = rows[job.id]
+        assert (row.text, row.status, row.pool) == (job.text, "queued", "default")
+        # What came back is the row as written, server defaults included.
+        assert job.created_at == row.created_at and job.metadata_ == row.metadata_ == {}
+
+
+def test_one_job_postgresql_refuses_fails_alone(
+    db: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = _count_statements(monkeypatch)
+    jobs = [_job(settings, f"Job {i}.") for i in range(5)]
+    jobs[3].idempotency_key = "k" * 300  # VARCHAR(255): PostgreSQL refuses the whole statement
+    results = _run(_together(db, jobs))
+    assert isinstance(results[3], lane.LaneRefused)
+    assert "StringDataRightTruncation" in str(results[3])
+    assert all(isinstance(r, Job) for i, r in enumerate(results) if i != 3)
+    assert set(_rows(db)) == {j.id for i, j in enumerate(jobs) if i != 3}
+    # One alone, the four others together (refused), then each of those four on its own.
+    assert sizes[:2] == [1, 4] and sorted(sizes[2:]) == [1, 1, 1, 1]
+
+
+def test_a_batch_writes_nothing_for_a_reused_key_or_a_tenant_with_limits(
+    db: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within one statement, as across statements: a second job with the same Idempotency-Key
+    is not written, and a tenant with a limit is left to the usual path (None for both)."""
+    limited = uuid.uuid4()
+    with session_scope(db) as s:
+        s.add(Tenant(id=limited, name="limited", max_running=2))
+    sizes = _count_statements(monkeypatch)
+    jobs = [
+        _job(settings, "Warm-up, alone."),
+        _job(settings, "First with the key.", idempotency_key="same"),
+        _job(settings, "Second with the key.", idempotency_key="same"),
+        _job(settings, "A limited tenant.", tenant_id=limited),
+        _job(settings, "Plain."),
+    ]
+    results = _run(_together(db, jobs))
+    assert sizes == [1, 4]
+    assert [r is None for r in results] == [False, False, True, True, False]
+    assert set(_rows(db)) == {jobs[0].id, jobs[1].id, jobs[4].id}
+
+
+def test_an_unreachable_database_fails_every_job_and_the_lane_recovers(
+    db: str, settings: Settings
+) -> None:
+    """Every waiting job gets DatabaseUnavailable (the API's 503), none hangs, and the next
+    jobs on a database that answers are written."""
+    dead = "postgresql+psycopg2://postgres@127.0.0.1:1/none"
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        failed = await _together(dead, [_job(settings) for _ in range(6)])
+        written = await _together(db, [_job(settings) for _ in range(3)])
+        return failed, written
+
+    failed, written = _run(asyncio.wait_for(scenario(), 60))
+    assert all(isinstance(r, lane.DatabaseUnavailable) for r in failed)
+    assert all(isinstance(r, Job) for r in written) and len(_rows(db)) == 3
+
+
+def test_a_cancelled_request_does_not_stop_its_batch(db: str, settings: Settings) -> None:
+    """A client that goes away cancels its request while its job waits for the statement: the
+    others in the batch are answered."""
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(lane.insert_plain(db, _job(settings), NO_LIMITS))
+        waiting = [
+            asyncio.ensure_future(lane.insert_plain(db, _job(settings), NO_LIMITS))
+            for _ in range(4)
+        ]
+        await asyncio.sleep(0)  # all five are queued; the first is on its way
+        waiting[1].cancel()
+        return await asyncio.gather(first, *waiting, return_exceptions=True)
+
+    results = _run(asyncio.wait_for(scenario(), 60))
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert all(isinstance(r, Job) for i, r in enumerate(results) if i != 2)
+    with session_scope(db) as s:
+        # The cancelled one's statement was already being built: written or not, never half.
+        assert s.scalar(select(func.count()).select_from(Job)) in (4, 5)
