@@ -27,15 +27,14 @@ it the usual way.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from sqlalchemy import String
 from sqlalchemy.dialects import postgresql
 
 from core.enums import DEFAULT_POOL
-from db.aio import DatabaseUnavailable, fetch, plain
+from db.aio import DatabaseUnavailable, Grouped, Waiting, fetch, plain
 from db.jobs import JOB_COLUMNS
 from db.models import Job
 
@@ -116,91 +115,38 @@ def _values(job: Job) -> dict[str, Any]:
 
 # --- group commit ----------------------------------------------------------------------------
 #
-# Concurrent requests in one API process share a statement: while one is on its way to
-# PostgreSQL, the jobs admitted meanwhile wait, and go together in the next (one round trip,
-# one commit, one WAL flush for all of them). Nothing waits for a batch to fill: a job alone
-# goes at once, as before; under load the batches grow by themselves. A statement PostgreSQL
-# refuses is tried again one job at a time, so one bad job refuses only itself.
+# Concurrent requests in one API process share a statement (db/aio.py `Grouped`): while one is
+# on its way to PostgreSQL, the jobs admitted meanwhile wait and go together in the next, one
+# round trip and one commit for all of them. A statement PostgreSQL refuses is tried again one
+# job at a time, so one bad job refuses only itself.
 
 
-@dataclass(eq=False)
-class _Pending:
-    values: dict[str, Any]
-    shape: tuple[Any, ...]  # (columns, default pool, limits): jobs of one shape share a statement
-    answer: asyncio.Future[asyncpg.Record | None]
-
-
-@dataclass(eq=False)
-class _Lane:
-    database_url: str
-    waiting: list[_Pending] = field(default_factory=list)
-    flushing: bool = False
-
-
-_lanes: dict[tuple[str, asyncio.AbstractEventLoop], _Lane] = {}
-_flushes: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
-
-
-def _lane(database_url: str) -> _Lane:
-    loop = asyncio.get_running_loop()
-    lane = _lanes.get((database_url, loop))
-    if lane is None:
-        for key in [k for k in _lanes if k[1].is_closed()]:
-            del _lanes[key]  # a test's loop, gone
-        lane = _lanes[(database_url, loop)] = _Lane(database_url)
-    return lane
-
-
-async def _flush(lane: _Lane) -> None:
-    try:
-        while lane.waiting:
-            first = lane.waiting[0].shape
-            batch = [p for p in lane.waiting if p.shape == first][:MAX_BATCH]
-            taken = set(map(id, batch))
-            lane.waiting = [p for p in lane.waiting if id(p) not in taken]
-            await _run(lane.database_url, batch)
-    finally:
-        lane.flushing = False
-        # Only when cancelled (the loop is closing) is anything left: nobody will send it.
-        for p in lane.waiting:
-            _answer(p, DatabaseUnavailable("the event loop closed before the statement"))
-        lane.waiting = []
-
-
-async def _run(database_url: str, batch: list[_Pending]) -> None:
-    keys, default_pool, limits = batch[0].shape
-    sql, _ = _statement(keys, len(batch))
-    args = [v for p in batch for v in p.values.values()]
+async def _insert(database_url: str, group: list[Waiting[dict[str, Any]]]) -> None:
+    shape = cast(tuple[tuple[str, ...], str, tuple[int, int, int]], group[0].shape)
+    keys, default_pool, limits = shape
+    sql, _ = _statement(keys, len(group))
+    args = [v for w in group for v in w.item.values()]
     try:
         rows = await fetch(database_url, sql, *args, default_pool, *limits)
     except asyncpg.PostgresError as exc:
-        if len(batch) > 1:
+        if len(group) > 1:
             # Nothing was written. Again one by one: only the job PostgreSQL refuses fails.
-            await asyncio.gather(*(_run(database_url, [p]) for p in batch))
+            await asyncio.gather(*(_alone(database_url, w) for w in group))
             return
-        _answer(batch[0], LaneRefused(f"{type(exc).__name__}: {exc}"))
-        return
-    except Exception as exc:
-        # DatabaseUnavailable: whether it committed is unknown, as for a single job.
-        for p in batch:
-            _answer(p, exc)
-        return
-    except BaseException:
-        for p in batch:
-            _answer(p, DatabaseUnavailable("the event loop closed during the statement"))
-        raise
+        raise LaneRefused(f"{type(exc).__name__}: {exc}") from exc
     by_id = {plain(row[0]): row for row in rows}
-    for p in batch:
-        _answer(p, by_id.get(p.values["id"]))
+    for w in group:
+        w.settle(by_id.get(w.item["id"]))
 
 
-def _answer(p: _Pending, result: Any) -> None:
-    if p.answer.done():  # its request was cancelled (the client went away)
-        return
-    if isinstance(result, BaseException):
-        p.answer.set_exception(result)
-    else:
-        p.answer.set_result(result)
+async def _alone(database_url: str, waiting: Waiting[dict[str, Any]]) -> None:
+    try:
+        await _insert(database_url, [waiting])
+    except Exception as exc:
+        waiting.settle(exc)
+
+
+_lane: Grouped[dict[str, Any]] = Grouped(_insert, MAX_BATCH)
 
 
 async def insert_plain(
@@ -214,15 +160,7 @@ async def insert_plain(
     values = _values(job)
     keys = tuple(values)
     _, returned = _statement(keys, 1)
-    lane = _lane(database_url)
-    loop = asyncio.get_running_loop()
-    pending = _Pending(values, (keys, default_pool, limits), loop.create_future())
-    lane.waiting.append(pending)
-    if not lane.flushing:
-        lane.flushing = True
-        _flushes.add(task := loop.create_task(_flush(lane)))
-        task.add_done_callback(_flushes.discard)
-    row = await pending.answer
+    row = await _lane(database_url, values, (keys, default_pool, limits))
     if row is None:
         return None
     # The rest is what was sent. Into the instance's dict, not through its attributes: `job` is

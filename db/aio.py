@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -124,3 +126,95 @@ def plain(value: Any) -> Any:
     if isinstance(value, uuid.UUID) and type(value) is not uuid.UUID:
         return uuid.UUID(bytes=value.bytes)
     return value
+
+
+# --- grouping ---------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Waiting(Generic[T]):
+    """One caller's item, waiting for a statement; `answer` takes its result or its error."""
+
+    item: T
+    shape: Hashable
+    answer: asyncio.Future[Any]
+
+    def settle(self, result: Any) -> None:
+        if self.answer.done():  # its caller was cancelled (a client that went away)
+            return
+        if isinstance(result, BaseException):
+            self.answer.set_exception(result)
+        else:
+            self.answer.set_result(result)
+
+
+@dataclass(eq=False)
+class _Queue:
+    waiting: list[Waiting[Any]] = field(default_factory=list)
+    flushing: bool = False
+
+
+class Grouped(Generic[T]):
+    """Calls made while a statement is on its way go together in the next one: one round trip
+    (and, for writes, one commit and one WAL flush) for all of them, per database URL and event
+    loop. Nothing waits for a group to fill: a call alone goes at once; under load the groups
+    grow by themselves, up to `max_group`, of calls of one `shape`.
+
+    `run(database_url, group)` sends one statement for the group and settles every member
+    (Waiting.settle); what it raises settles the members it left unsettled."""
+
+    def __init__(
+        self,
+        run: Callable[[str, list[Waiting[T]]], Awaitable[None]],
+        max_group: int,
+    ) -> None:
+        self._run = run
+        self.max_group = max_group
+        self._queues: dict[tuple[str, asyncio.AbstractEventLoop], _Queue] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
+
+    def busy(self, database_url: str) -> bool:
+        """Whether a statement is on its way and none waits (tests wait for this)."""
+        queue = self._queues.get((database_url, asyncio.get_running_loop()))
+        return queue is not None and queue.flushing and not queue.waiting
+
+    async def __call__(self, database_url: str, item: T, shape: Hashable = None) -> Any:
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get((database_url, loop))
+        if queue is None:
+            for key in [k for k in self._queues if k[1].is_closed()]:
+                del self._queues[key]  # a finished loop's (a test's)
+            queue = self._queues[(database_url, loop)] = _Queue()
+        waiting = Waiting(item, shape, loop.create_future())
+        queue.waiting.append(waiting)
+        if not queue.flushing:
+            queue.flushing = True
+            task = loop.create_task(self._flush(database_url, queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await waiting.answer
+
+    async def _flush(self, database_url: str, queue: _Queue) -> None:
+        try:
+            while queue.waiting:
+                shape = queue.waiting[0].shape
+                group = [w for w in queue.waiting if w.shape == shape][: self.max_group]
+                taken = set(map(id, group))
+                queue.waiting = [w for w in queue.waiting if id(w) not in taken]
+                try:
+                    await self._run(database_url, group)
+                except Exception as exc:
+                    for w in group:
+                        w.settle(exc)
+                except BaseException:
+                    for w in group:
+                        w.settle(DatabaseUnavailable("the event loop closed during a statement"))
+                    raise
+        finally:
+            queue.flushing = False
+            # Only when cancelled (the loop closing) is anything left: nobody will send it.
+            for w in queue.waiting:
+                w.settle(DatabaseUnavailable("the event loop closed before the statement"))
+            queue.waiting = []

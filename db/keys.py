@@ -1,6 +1,8 @@
 """Who an API key belongs to, from the API's event loop (api/auth.py, on every request with auth
 on): one statement on db/aio.py's pools, a second only when `last_used_at` is due, with no thread
-hop and no session. A revoked key fails on its next request: nothing is cached.
+hop and no session. A revoked key fails on its next request: nothing is cached. Lookups made
+while one is on its way go together in the next statement (db/aio.py `Grouped`): it is sent
+after every one of them was asked, so none reads older rows than a statement of its own would.
 
 Timing: an unknown prefix hashes as a wrong secret does, and the secret is compared in constant
 time (core/apikeys.py).
@@ -13,21 +15,38 @@ import logging
 import asyncpg
 
 from core import apikeys
-from db.aio import DatabaseUnavailable, fetchrow, plain
+from db.aio import DatabaseUnavailable, Grouped, Waiting, fetch, fetchrow, plain
 from db.tenants import LAST_USED_RESOLUTION, Authenticated
 
 log = logging.getLogger("voicefarm.api")
 
 _LOOKUP = (
-    "SELECT k.id, k.tenant_id, k.scope, k.key_hash, k.revoked_at IS NOT NULL AS revoked, "
+    "SELECT k.prefix, k.id, k.tenant_id, k.scope, k.key_hash, k.revoked_at IS NOT NULL AS revoked, "
     "(k.last_used_at IS NULL OR k.last_used_at < now() - $2::interval) AS due, t.name "
-    "FROM api_keys AS k LEFT JOIN tenants AS t ON t.id = k.tenant_id WHERE k.prefix = $1"
+    "FROM api_keys AS k LEFT JOIN tenants AS t ON t.id = k.tenant_id "
+    "WHERE k.prefix = ANY($1::VARCHAR[])"
 )
+MAX_GROUP = 64
 # At most once per LAST_USED_RESOLUTION per key, whichever process or request gets there first.
 _TOUCH = (
     "UPDATE api_keys SET last_used_at = now() WHERE id = $1 "
     "AND (last_used_at IS NULL OR last_used_at < now() - $2::interval)"
 )
+
+
+async def _lookup(database_url: str, group: list[Waiting[str]]) -> None:
+    """The keys of `group` (prefixes) in one statement; each waiting caller gets (row, due), and
+    `due` only the first caller of a key, so one touches `last_used_at`."""
+    rows = await fetch(database_url, _LOOKUP, list({w.item for w in group}), LAST_USED_RESOLUTION)
+    by_prefix = {row["prefix"]: row for row in rows}
+    touched: set[str] = set()
+    for w in group:
+        row = by_prefix.get(w.item)
+        w.settle(None if row is None else (row, row["due"] and w.item not in touched))
+        touched.add(w.item)
+
+
+_lookups: Grouped[str] = Grouped(_lookup, MAX_GROUP)
 
 
 async def authenticate(database_url: str, key: str) -> Authenticated | None:
@@ -36,13 +55,14 @@ async def authenticate(database_url: str, key: str) -> Authenticated | None:
     prefix = apikeys.prefix_of(key)
     if prefix is None:
         return None
-    row = await fetchrow(database_url, _LOOKUP, prefix, LAST_USED_RESOLUTION)
-    if row is None:
+    found = await _lookups(database_url, prefix)
+    if found is None:
         apikeys.matches(key, "0" * 64)  # same work as a wrong secret
         return None
+    row, due = found
     if not apikeys.matches(key, row["key_hash"]) or row["revoked"]:
         return None
-    if row["due"]:
+    if due:
         try:
             await fetchrow(database_url, _TOUCH, row["id"], LAST_USED_RESOLUTION)
         except (DatabaseUnavailable, asyncpg.PostgresError) as exc:

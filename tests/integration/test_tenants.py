@@ -160,19 +160,19 @@ def test_a_database_outage_is_a_503_not_a_bad_key(
 
     _auth_on(client, auth_failures_per_minute=1)
     good = tenant_with_key(db, "t")
-    real = asyncpg.connection.Connection.fetchrow
+    real = asyncpg.connection.Connection.fetch
 
     async def dropped(self: Any, *a: Any, **k: Any) -> None:
         raise asyncpg.ConnectionDoesNotExistError(
             "connection was closed in the middle of operation"
         )
 
-    monkeypatch.setattr(asyncpg.connection.Connection, "fetchrow", dropped)
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", dropped)
     for _ in range(2):  # past the limit of 1 failure, were they counted as failures
         r = client.get("/v1/jobs", headers=good.headers)
         assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
         assert int(r.headers["retry-after"]) > 0
-    monkeypatch.setattr(asyncpg.connection.Connection, "fetchrow", real)
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", real)
     assert client.get("/v1/jobs", headers=good.headers).status_code == 200
 
 

@@ -1,12 +1,14 @@
-"""Group commit in the async lane (db/admission.py): jobs admitted while a statement is on its
-way to PostgreSQL share the next one, and a batch answers each job as a statement of its own
-would have. Real PostgreSQL; the statements are counted by wrapping db.admission.fetch."""
+"""Statements shared by concurrent requests (db/aio.py `Grouped`): jobs admitted while a
+statement is on its way to PostgreSQL share the next one (db/admission.py, group commit), and so
+do API-key lookups (db/keys.py); each caller is answered as a statement of its own would answer
+it. Real PostgreSQL; the statements are counted by wrapping the modules' `fetch`."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -16,9 +18,13 @@ from api.admission import admit
 from api.schemas import JobCreate
 from core.settings import Settings
 from db import admission as lane
+from db import aio as db_aio
+from db import keys
 from db.aio import close_pools
-from db.models import DEFAULT_TENANT_ID, Job, Tenant
+from db.models import DEFAULT_TENANT_ID, ApiKey, Job, Tenant
 from db.session import session_scope
+from db.tenants import revoke_key
+from tests.fixtures.tenants import make_key, tenant_with_key
 
 NO_LIMITS = (0, 0, 0)
 
@@ -36,7 +42,7 @@ def _job(settings: Settings, text: str = "Hello there.", **kw: Any) -> Job:
 def _count_statements(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Rows per statement the lane sent (the number of jobs in each)."""
     sizes: list[int] = []
-    real = lane.fetch
+    real = db_aio.fetch
 
     async def counted(url: str, sql: str, *args: Any) -> Any:
         sizes.append(len(re.findall(r"\(\$\d+::", sql)))
@@ -60,8 +66,7 @@ async def _together(url: str, jobs: list[Job], limits: tuple[int, int, int] = NO
     """The first job on its way alone, then the others admitted while it is: a request's
     usual lot under load."""
     first = asyncio.ensure_future(lane.insert_plain(url, jobs[0], limits))
-    key = (url, asyncio.get_running_loop())
-    while key not in lane._lanes or lane._lanes[key].waiting or not lane._lanes[key].flushing:
+    while not lane._lane.busy(url):
         await asyncio.sleep(0)  # until the first's statement has left (no clock involved)
     rest = [lane.insert_plain(url, j, limits) for j in jobs[1:]]
     return await asyncio.gather(first, *rest, return_exceptions=True)
@@ -164,3 +169,54 @@ def test_a_cancelled_request_does_not_stop_its_batch(db: str, settings: Settings
     with session_scope(db) as s:
         # The cancelled one's statement was already being built: written or not, never half.
         assert s.scalar(select(func.count()).select_from(Job)) in (4, 5)
+
+
+def test_concurrent_key_lookups_share_a_statement_and_each_gets_its_answer(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight requests at once: the same valid key four times, a second tenant's key, a revoked
+    key, a wrong secret on a real prefix and an unknown prefix. Two statements (the first
+    request's, then the seven that came meanwhile), each caller its own answer, and one
+    `last_used_at` write per key used."""
+    a = tenant_with_key(db, "a")
+    b = tenant_with_key(db, "b")
+    revoked = make_key(db, "a")
+    with session_scope(db) as s:
+        assert revoke_key(s, revoked.prefix)
+    wrong = a.key[:-4] + ("AAAA" if not a.key.endswith("AAAA") else "BBBB")
+    unknown = "vf_" + "z" * len(a.prefix) + a.key[len("vf_") + len(a.prefix) :]
+    lookups: list[list[str]] = []
+    touches: list[Any] = []
+    real_fetch, real_fetchrow = keys.fetch, keys.fetchrow
+
+    async def fetch(url: str, sql: str, prefixes: list[str], *args: Any) -> Any:
+        lookups.append(sorted(prefixes))
+        return await real_fetch(url, sql, prefixes, *args)
+
+    async def fetchrow(url: str, sql: str, *args: Any) -> Any:
+        touches.append(args[0])
+        return await real_fetchrow(url, sql, *args)
+
+    monkeypatch.setattr(keys, "fetch", fetch)
+    monkeypatch.setattr(keys, "fetchrow", fetchrow)
+    asked = [a.key, a.key, b.key, revoked.key, wrong, a.key, unknown, a.key]
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(keys.authenticate(db, asked[0]))
+        while not keys._lookups.busy(db):
+            await asyncio.sleep(0)
+        rest = [keys.authenticate(db, k) for k in asked[1:]]
+        return await asyncio.gather(first, *rest)
+
+    who = _run(scenario())
+    tenants = [w.tenant_name if w else None for w in who]
+    assert tenants == ["a", "a", "b", None, None, "a", None, "a"]
+    assert len(lookups) == 2 and lookups[0] == [a.prefix]
+    assert set(lookups[1]) == {a.prefix, b.prefix, revoked.prefix, unknown[3 : 3 + len(a.prefix)]}
+    # The first request touched a's key; in the group, b's once, and a's once more only if the
+    # group read before the first's touch was committed: never once per request.
+    with session_scope(db) as s:
+        ids = {k.prefix: k.id for k in s.scalars(select(ApiKey))}
+    count = Counter(touches)
+    assert set(count) == {ids[a.prefix], ids[b.prefix]}
+    assert count[ids[b.prefix]] == 1 and count[ids[a.prefix]] in (1, 2)
