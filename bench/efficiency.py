@@ -1,6 +1,7 @@
 """Efficiency: the farm's wall time over a bare loop of the same Piper voice on the same texts.
 
-    .venv/bin/python bench/efficiency.py [--jobs 100] [--rounds 4] [--batch 8] [--write]
+    .venv/bin/python bench/efficiency.py [--jobs 100] [--rounds 4] [--batch 8] [--threads 1]
+        [--engine-cpus 0] [--env KEY=VALUE] [--write]
 
 Starts the API (uvicorn) and `voicefarm workers` (one CPU Piper worker) against a private
 database (`voicefarm_bench_eff`) and Redis db 7, and a bare child process that loads the same
@@ -38,6 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.doc_block import markers, write_block  # noqa: E402
+from core.process import parse_cpus  # noqa: E402
 
 DB_URL = os.environ.get(
     "VOICEFARM_BENCH_DATABASE_URL",
@@ -284,6 +286,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="farm setting for an ablation, e.g. VOICEFARM_PREFETCH=false (repeatable)",
     )
+    parser.add_argument(
+        "--engine-cpus",
+        default=None,
+        metavar="LIST",
+        help="VOICEFARM_ENGINE_CPUS for the farm (its engine thread on these CPUs, its own "
+        "threads off them); the bare loop runs on the same CPUs",
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="voicefarm-eff-"))
@@ -291,11 +300,15 @@ def main() -> None:
     if args.threads:
         env["VOICEFARM_PIPER_THREADS"] = str(args.threads)
         args.env.append(f"VOICEFARM_PIPER_THREADS={args.threads}")
+    engine_cpus = parse_cpus(args.engine_cpus) if args.engine_cpus else None
+    if engine_cpus:
+        args.env.append(f"VOICEFARM_ENGINE_CPUS={args.engine_cpus}")
     subprocess.run([sys.executable, "-m", "cli.main", "migrate"], cwd=ROOT, env=env, check=True)
     all_texts = texts(args.jobs)
     bare = subprocess.Popen(
         [sys.executable, "-c", BARE], cwd=ROOT, env=env, text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        preexec_fn=(lambda: os.sched_setaffinity(0, engine_cpus or [])) if engine_cpus else None,
     )  # fmt: skip
     assert bare.stdout and bare.stdout.readline().strip() == "ready"
     load = os.getloadavg()

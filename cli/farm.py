@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +48,7 @@ def run_migrate(timeout: float = 30.0) -> int:
 def run_workers(pool: str | None = None) -> int:
     """The supervisor for `pool` (None: VOICEFARM_WORKER_POOL, `default` unless set)."""
     from db.pools import check_pool_name
-    from workers.supervisor import Supervisor, worker_specs
+    from workers.supervisor import Supervisor, helper_cpus, worker_specs
 
     settings = get_settings()
     if pool is not None:
@@ -58,7 +59,17 @@ def run_workers(pool: str | None = None) -> int:
             return 2
         settings = settings.model_copy(update={"worker_pool": pool})
     configure_logging(settings.log_level)
-    supervisor = Supervisor(worker_specs(settings), on_restart=_count_restart(settings))
+    try:
+        specs = worker_specs(settings)
+    except ValueError as exc:  # VOICEFARM_ENGINE_CPUS this host cannot honour
+        print(f"voicefarm: {exc}", file=sys.stderr)
+        return 2
+    rest = helper_cpus(specs)
+    if rest is not None:
+        # The ops worker and the supervisor itself stay off the engines' CPUs too (children
+        # inherit this; each synthesis worker moves its engine thread to its own share).
+        os.sched_setaffinity(0, rest)
+    supervisor = Supervisor(specs, on_restart=_count_restart(settings))
     return supervisor.run()
 
 

@@ -8,7 +8,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.enums import DEFAULT_POOL, POOL_NAME_PATTERN
@@ -126,6 +126,14 @@ class Settings(BaseSettings):
     # onnxruntime intra-op threads of a Piper worker; unset: one per physical core. Several CPU
     # workers on one host, or a host whose cores the farm's other processes need, set fewer.
     piper_threads: int | None = Field(None, ge=1)
+    # CPUs for the engines of CPU workers ("1", "2-7"): `voicefarm workers` splits them evenly
+    # among its CPU workers, runs each worker's engine on its share and everything else it starts
+    # (the workers' own threads, the ops worker) on the CPUs left. For an engine with fewer
+    # threads than cores (VOICEFARM_PIPER_THREADS) that the farm's work would otherwise slow.
+    # Unset: nothing pinned. GPU workers ignore it.
+    engine_cpus: str | None = None
+    # Set by the supervisor on each CPU worker: the CPUs for that worker's other threads.
+    helper_cpus: str | None = None
     # A local CosyVoice 2/3 model directory; the official code must be importable (PYTHONPATH).
     cosyvoice_model_dir: Path | None = None
     # A snapshot of the official CosyVoice code (infra/dev/cosyvoice-src.sh): the engine puts it
@@ -247,6 +255,21 @@ class Settings(BaseSettings):
                 "VOICEFARM_WEBHOOK_SECRET must look like whsec_<base64 of 16+ random bytes>"
             )
         return self
+
+    @field_validator("engine_cpus", "helper_cpus", mode="before")
+    @classmethod
+    def _cpu_list(cls, value: object, info: ValidationInfo) -> object:
+        """Empty is unset (what the supervisor gives GPU workers); anything else must parse."""
+        from core.process import parse_cpus
+
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            try:
+                parse_cpus(value)
+            except ValueError as exc:
+                raise ValueError(f"VOICEFARM_{(info.field_name or '').upper()}: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _timings_agree(self) -> Settings:

@@ -17,6 +17,7 @@ import threading
 import time
 
 from core.enums import Priority
+from core.process import helper_thread
 from db import dispatch as d
 from db import jobs as q
 from db.session import session_scope
@@ -154,6 +155,7 @@ _soon_thread: threading.Thread | None = None
 def _soon_loop() -> None:
     """One long-lived thread per process runs the passes `dispatch_soon` asked for (a thread per
     call cost about 1% of a busy worker's time in thread starts)."""
+    helper_thread()  # a worker's: off the engine's CPUs when pinned; the API's: nothing
     while True:
         _drain(_soon.get())
 
@@ -196,6 +198,7 @@ def _passes(token: tuple[str, d.QueueKey, int], limit: int | None, spacing: floa
 
 
 def _drain(token: tuple[str, d.QueueKey, int]) -> None:
+    helper_thread()
     try:
         _passes(token, None, BACKGROUND_SPACING_SECONDS)
     except Exception:

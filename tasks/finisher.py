@@ -22,6 +22,8 @@ import queue
 import threading
 from collections.abc import Callable
 
+from core.process import helper_thread
+
 log = logging.getLogger("voicefarm.jobs")
 _IDLE_EXIT_S = 5.0
 
@@ -55,6 +57,7 @@ class Finisher:
     def _loop(self) -> None:
         # Exits once idle for a while, so a process that is done (a test's, a worker's at
         # shutdown) is not held open by a thread waiting for work that never comes.
+        helper_thread()  # off the engine's CPUs when VOICEFARM_ENGINE_CPUS pins it
         while True:
             try:
                 fn = self._work.get(timeout=_IDLE_EXIT_S)

@@ -17,9 +17,29 @@ from celery.signals import worker_init, worker_shutdown
 
 from core.heap import freeze_startup_objects
 from core.logging import configure_logging
+from core.process import check_engine_cpus, format_cpus, parse_cpus, pin_engine_thread
 from core.settings import get_settings
 
 log = logging.getLogger("voicefarm.worker")
+
+
+def _pin_engine(engine_cpus: str, helper_cpus: str | None) -> None:
+    """This thread (the solo pool's: it runs the engine) on `engine_cpus`; the process's other
+    threads on `helper_cpus` (default: the CPUs it may use outside `engine_cpus`)."""
+    engine = parse_cpus(engine_cpus)
+    try:
+        helpers = parse_cpus(helper_cpus) if helper_cpus else check_engine_cpus(engine)
+    except ValueError as exc:
+        log.error("event=worker.pin_refused error=%s", exc)
+        return
+    if pin_engine_thread(engine, helpers):
+        log.info(
+            "event=worker.pinned engine_cpus=%s helper_cpus=%s",
+            format_cpus(engine),
+            format_cpus(helpers),
+        )
+    else:
+        log.warning("event=worker.pin_failed engine_cpus=%s", format_cpus(engine))
 
 
 @worker_init.connect
@@ -36,6 +56,9 @@ def _start_runtime(sender: Any = None, **_: Any) -> None:
     from workers import metrics, runtime
 
     hostname = getattr(sender, "hostname", None)
+    if settings.engine_cpus:
+        # Before the engine loads: its own threads (onnxruntime's, torch's) inherit the set.
+        _pin_engine(settings.engine_cpus, settings.helper_cpus)
     runtime.start(settings, hostname)
     freeze_startup_objects()  # the engine and its imports: no longer walked by each collection
     if settings.finish_in_background:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from core.enums import ErrorCode, JobStatus, TaskName
 from core.errors import RequestRejected, StorageError
+from core.process import helper_thread
 from core.settings import Settings
 from core.storage import get_storage, job_audio_key, job_timings_key
 from core.text import halve
@@ -129,6 +130,7 @@ class LeaseKeeper:
         self.thread.join(timeout=5)
 
     def _run(self) -> None:
+        helper_thread()  # off the engine's CPUs when VOICEFARM_ENGINE_CPUS pins it
         interval = max(0.5, self.settings.lease_seconds / 3)
         while not self.done.wait(min(interval, max(0.0, self.deadline - time.monotonic()))):
             if time.monotonic() >= self.deadline:

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.enums import DEFAULT_POOL, Priority, synth_queue
-from core.process import die_with_parent
+from core.process import (
+    check_engine_cpus,
+    die_with_parent,
+    engine_shares,
+    format_cpus,
+    parse_cpus,
+)
 from core.settings import Settings
 from workers import heartbeat
 from workers.device import visible_gpus
@@ -209,6 +215,10 @@ def worker_specs(settings: Settings) -> list[ChildSpec]:
         (f"cpu{i}", {"CUDA_VISIBLE_DEVICES": "", "VOICEFARM_DEVICE": "cpu"})
         for i in range(settings.cpu_workers)
     ]
+    for (_, extra), (engine, helpers) in zip(
+        slots, _pinning(settings, len(slots), gpus), strict=True
+    ):
+        extra.update({"VOICEFARM_ENGINE_CPUS": engine, "VOICEFARM_HELPER_CPUS": helpers})
     if pool != DEFAULT_POOL:
         slots = [(f"{slot}.{pool}", extra) for slot, extra in slots]
     specs = []
@@ -247,6 +257,24 @@ def worker_specs(settings: Settings) -> list[ChildSpec]:
     if settings.supervise_ops_worker:
         specs.append(ops_spec(settings, host))
     return specs
+
+
+def _pinning(settings: Settings, slots: int, gpus: list[str]) -> list[tuple[str, str]]:
+    """(engine CPUs, helper CPUs) per synthesis slot, as CPU lists; empty: not pinned (GPU
+    workers, or VOICEFARM_ENGINE_CPUS unset). ValueError for a list this host cannot honour."""
+    if gpus or not settings.engine_cpus:
+        return [("", "")] * slots
+    engine_cpus = parse_cpus(settings.engine_cpus)
+    rest = format_cpus(check_engine_cpus(engine_cpus))
+    return [(format_cpus(share), rest) for share in engine_shares(engine_cpus, slots)]
+
+
+def helper_cpus(specs: list[ChildSpec]) -> list[int] | None:
+    """The CPUs the supervisor and what it starts besides the engines keep to, when pinned."""
+    for spec in specs:
+        if spec.env.get("VOICEFARM_HELPER_CPUS"):
+            return parse_cpus(spec.env["VOICEFARM_HELPER_CPUS"])
+    return None
 
 
 def ops_spec(settings: Settings, host: str) -> ChildSpec:
