@@ -14,6 +14,7 @@ does for the session path); an error PostgreSQL raised for a statement propagate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
@@ -153,7 +154,8 @@ class Waiting(Generic[T]):
 @dataclass(eq=False)
 class _Queue:
     waiting: list[Waiting[Any]] = field(default_factory=list)
-    flushing: bool = False
+    flushers: int = 0  # statements on their way, at most one each
+    sent_at: float = 0.0  # when the latest of them left
 
 
 class Grouped(Generic[T]):
@@ -162,6 +164,11 @@ class Grouped(Generic[T]):
     loop. Nothing waits for a group to fill: a call alone goes at once; under load the groups
     grow by themselves, up to `max_group`, of calls of one `shape`.
 
+    One statement at a time, unless the latest has been on its way for `stall_seconds` (a lock
+    wait, say: an INSERT waiting on another transaction's row with the same key): then the calls
+    waiting behind it go in a statement of their own, up to `max_flushers` at once, so one slow
+    statement holds up no one else's for long.
+
     `run(database_url, group)` sends one statement for the group and settles every member
     (Waiting.settle); what it raises settles the members it left unsettled."""
 
@@ -169,16 +176,21 @@ class Grouped(Generic[T]):
         self,
         run: Callable[[str, list[Waiting[T]]], Awaitable[None]],
         max_group: int,
+        *,
+        stall_seconds: float = 0.05,
+        max_flushers: int = 4,
     ) -> None:
         self._run = run
         self.max_group = max_group
+        self.stall_seconds = stall_seconds
+        self.max_flushers = max_flushers
         self._queues: dict[tuple[str, asyncio.AbstractEventLoop], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 
     def busy(self, database_url: str) -> bool:
         """Whether a statement is on its way and none waits (tests wait for this)."""
         queue = self._queues.get((database_url, asyncio.get_running_loop()))
-        return queue is not None and queue.flushing and not queue.waiting
+        return queue is not None and queue.flushers > 0 and not queue.waiting
 
     async def __call__(self, database_url: str, item: T, shape: Hashable = None) -> Any:
         loop = asyncio.get_running_loop()
@@ -189,20 +201,34 @@ class Grouped(Generic[T]):
             queue = self._queues[(database_url, loop)] = _Queue()
         waiting = Waiting(item, shape, loop.create_future())
         queue.waiting.append(waiting)
-        if not queue.flushing:
-            queue.flushing = True
-            task = loop.create_task(self._flush(database_url, queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await waiting.answer
+        try:
+            while True:
+                stalled = loop.time() - queue.sent_at >= self.stall_seconds
+                if queue.flushers == 0 or (stalled and queue.flushers < self.max_flushers):
+                    queue.flushers += 1
+                    queue.sent_at = loop.time()  # it leaves as soon as this task yields
+                    task = loop.create_task(self._flush(database_url, queue))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if waiting not in queue.waiting or queue.flushers >= self.max_flushers:
+                    return await waiting.answer  # on its way, or as many statements as allowed
+                # Behind a statement still on its way: wait for it, but not past the stall.
+                remaining = queue.sent_at + self.stall_seconds - loop.time()
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(waiting.answer), remaining)
+        except asyncio.CancelledError:
+            waiting.answer.cancel()  # its caller is gone: nobody reads the answer
+            raise
 
     async def _flush(self, database_url: str, queue: _Queue) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while queue.waiting:
                 shape = queue.waiting[0].shape
                 group = [w for w in queue.waiting if w.shape == shape][: self.max_group]
                 taken = set(map(id, group))
                 queue.waiting = [w for w in queue.waiting if id(w) not in taken]
+                queue.sent_at = loop.time()
                 try:
                     await self._run(database_url, group)
                 except Exception as exc:
@@ -212,9 +238,11 @@ class Grouped(Generic[T]):
                     for w in group:
                         w.settle(DatabaseUnavailable("the event loop closed during a statement"))
                     raise
-        finally:
-            queue.flushing = False
-            # Only when cancelled (the loop closing) is anything left: nobody will send it.
+        except BaseException:
+            # Cancelled (the loop closing): nobody will send what is left.
             for w in queue.waiting:
                 w.settle(DatabaseUnavailable("the event loop closed before the statement"))
             queue.waiting = []
+            raise
+        finally:
+            queue.flushers -= 1

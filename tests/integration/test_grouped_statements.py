@@ -22,6 +22,7 @@ from db import aio as db_aio
 from db import keys
 from db.aio import close_pools
 from db.models import DEFAULT_TENANT_ID, ApiKey, Job, Tenant
+from db.session import get_sessionmaker as get_sessionmaker_for
 from db.session import session_scope
 from db.tenants import revoke_key
 from tests.fixtures.tenants import make_key, tenant_with_key
@@ -220,3 +221,43 @@ def test_concurrent_key_lookups_share_a_statement_and_each_gets_its_answer(
     count = Counter(touches)
     assert set(count) == {ids[a.prefix], ids[b.prefix]}
     assert count[ids[b.prefix]] == 1 and count[ids[a.prefix]] in (1, 2)
+
+
+def test_a_statement_stuck_on_a_lock_holds_up_no_one_else(db: str, settings: Settings) -> None:
+    """A job whose INSERT waits on another transaction's uncommitted row with the same
+    Idempotency-Key: the jobs admitted behind it go in a statement of their own once it has
+    stalled, and are written while it still waits; when the other transaction rolls back, the
+    stuck job is written too."""
+    from sqlalchemy import text
+
+    from db import jobs as q
+    from db.session import get_engine
+
+    def lock_waits() -> int:
+        with get_engine(db).connect() as c:
+            return int(
+                c.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                ).scalar_one()
+            )
+
+    async def scenario(holder: Any) -> tuple[Any, list[Any]]:
+        stuck = asyncio.ensure_future(
+            lane.insert_plain(db, _job(settings, "Stuck.", idempotency_key="held"), NO_LIMITS)
+        )
+        while await asyncio.to_thread(lock_waits) == 0:
+            await asyncio.sleep(0.01)  # until PostgreSQL reports the INSERT waiting on the lock
+        others = await asyncio.wait_for(
+            asyncio.gather(*(lane.insert_plain(db, _job(settings), NO_LIMITS) for _ in range(3))),
+            30,  # a hang guard: without the stall escape they wait for the stuck statement
+        )
+        assert not stuck.done()
+        await asyncio.to_thread(holder.rollback)
+        return await asyncio.wait_for(stuck, 30), others
+
+    with get_sessionmaker_for(db)() as holder:
+        q.create_job(holder, _job(settings, "Holder.", idempotency_key="held"), "http://x")
+        holder.flush()  # the row and its unique-index entry exist, uncommitted
+        stuck, others = _run(scenario(holder))
+    assert all(isinstance(j, Job) for j in others) and isinstance(stuck, Job)
+    assert set(_rows(db)) == {stuck.id, *(j.id for j in others)}
