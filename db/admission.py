@@ -117,8 +117,10 @@ def _values(job: Job) -> dict[str, Any]:
 #
 # Concurrent requests in one API process share a statement (db/aio.py `Grouped`): while one is
 # on its way to PostgreSQL, the jobs admitted meanwhile wait and go together in the next, one
-# round trip and one commit for all of them. A statement PostgreSQL refuses is tried again one
-# job at a time, so one bad job refuses only itself.
+# round trip and one commit for all of them (a statement stuck for 50 ms, on another
+# transaction's row with the same Idempotency-Key say, no longer holds the others: they go in
+# one of their own). A statement PostgreSQL refuses is tried again one job at a time, so one bad
+# job refuses only itself.
 
 
 async def _insert(database_url: str, group: list[Waiting[dict[str, Any]]]) -> None:
