@@ -8,6 +8,7 @@ import ctypes
 import os
 import re
 import signal
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 
@@ -113,6 +114,8 @@ def pin_engine_thread(engine: list[int], helpers: list[int]) -> bool:
                 with contextlib.suppress(ProcessLookupError):  # ended meanwhile
                     os.sched_setaffinity(tid, helpers)
     except (OSError, AttributeError):
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setaffinity(0, set(engine) | set(helpers))  # back to unpinned, as reported
         return False
     _helper_cpus = set(helpers)
     return True
@@ -127,3 +130,28 @@ def helper_thread() -> None:
         os.sched_setaffinity(0, _helper_cpus)
     except OSError:
         return
+
+
+def start_off_engine(start: Callable[[], None]) -> None:
+    """Call `start` (which starts threads: a metrics server, say) from a short-lived thread on
+    the helpers' CPUs, so the threads it starts inherit those rather than the engine's; plainly
+    when nothing is pinned. Its exception, if any, is raised here."""
+    if _helper_cpus is None:
+        start()
+        return
+    import threading
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        helper_thread()
+        try:
+            start()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="start-off-engine")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]

@@ -14,7 +14,7 @@ does for the session path); an error PostgreSQL raised for a statement propagate
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
@@ -154,8 +154,12 @@ class Waiting(Generic[T]):
 @dataclass(eq=False)
 class _Queue:
     waiting: list[Waiting[Any]] = field(default_factory=list)
-    flushers: int = 0  # statements on their way, at most one each
-    sent_at: float = 0.0  # when the latest of them left
+    flushers: int = 0
+    # Per flusher, when its statement left (or when it was started, until it sends).
+    sent: dict[int, float] = field(default_factory=dict)
+
+
+_flusher_ids = itertools.count()
 
 
 class Grouped(Generic[T]):
@@ -203,24 +207,39 @@ class Grouped(Generic[T]):
         queue.waiting.append(waiting)
         try:
             while True:
-                stalled = loop.time() - queue.sent_at >= self.stall_seconds
-                if queue.flushers == 0 or (stalled and queue.flushers < self.max_flushers):
-                    queue.flushers += 1
-                    queue.sent_at = loop.time()  # it leaves as soon as this task yields
-                    task = loop.create_task(self._flush(database_url, queue))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                if waiting not in queue.waiting or queue.flushers >= self.max_flushers:
-                    return await waiting.answer  # on its way, or as many statements as allowed
-                # Behind a statement still on its way: wait for it, but not past the stall.
-                remaining = queue.sent_at + self.stall_seconds - loop.time()
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(waiting.answer), remaining)
+                if waiting not in queue.waiting:
+                    return await waiting.answer  # on its way
+                now = loop.time()
+                fresh = self._fresh(queue, now)
+                if queue.flushers == 0 or (not fresh and queue.flushers < self.max_flushers):
+                    self._start(database_url, queue, now)
+                elif not fresh:
+                    return await waiting.answer  # every statement allowed is stuck: wait
+                # Behind a statement on its way: wait for it, but not past its stall.
+                newest = max(queue.sent.values())
+                await asyncio.wait({waiting.answer}, timeout=newest + self.stall_seconds - now)
+                if waiting.answer.done():
+                    return waiting.answer.result()
         except asyncio.CancelledError:
-            waiting.answer.cancel()  # its caller is gone: nobody reads the answer
+            # Its caller is gone: not sent if it was still waiting, and nobody reads the answer.
+            if waiting in queue.waiting:
+                queue.waiting.remove(waiting)
+            waiting.answer.cancel()
             raise
 
-    async def _flush(self, database_url: str, queue: _Queue) -> None:
+    def _fresh(self, queue: _Queue, now: float, but: int | None = None) -> bool:
+        """Whether a flusher (other than `but`) has a statement on its way that is not stalled."""
+        return any(now - t < self.stall_seconds for f, t in queue.sent.items() if f != but)
+
+    def _start(self, database_url: str, queue: _Queue, now: float) -> None:
+        flusher = next(_flusher_ids)
+        queue.flushers += 1
+        queue.sent[flusher] = now  # it sends as soon as this task yields
+        task = asyncio.get_running_loop().create_task(self._flush(database_url, queue, flusher))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, database_url: str, queue: _Queue, flusher: int) -> None:
         loop = asyncio.get_running_loop()
         try:
             while queue.waiting:
@@ -228,7 +247,7 @@ class Grouped(Generic[T]):
                 group = [w for w in queue.waiting if w.shape == shape][: self.max_group]
                 taken = set(map(id, group))
                 queue.waiting = [w for w in queue.waiting if id(w) not in taken]
-                queue.sent_at = loop.time()
+                queue.sent[flusher] = loop.time()
                 try:
                     await self._run(database_url, group)
                 except Exception as exc:
@@ -238,6 +257,10 @@ class Grouped(Generic[T]):
                     for w in group:
                         w.settle(DatabaseUnavailable("the event loop closed during a statement"))
                     raise
+                if self._fresh(queue, loop.time(), but=flusher):
+                    # Another flusher's statement is on its way and not stalled: it takes what
+                    # waits when it returns, so groups stay large (one statement at a time).
+                    break
         except BaseException:
             # Cancelled (the loop closing): nobody will send what is left.
             for w in queue.waiting:
@@ -246,3 +269,4 @@ class Grouped(Generic[T]):
             raise
         finally:
             queue.flushers -= 1
+            queue.sent.pop(flusher, None)

@@ -35,15 +35,25 @@ _TOUCH = (
 
 
 async def _lookup(database_url: str, group: list[Waiting[str]]) -> None:
-    """The keys of `group` (prefixes) in one statement; each waiting caller gets (row, due), and
-    `due` only the first caller of a key, so one touches `last_used_at`."""
-    rows = await fetch(database_url, _LOOKUP, list({w.item for w in group}), LAST_USED_RESOLUTION)
+    """The keys of `group` (whole keys) in one statement; each waiting caller gets (row, due),
+    `due` only for the first caller in the group whose key is right, so one touches
+    `last_used_at` (a wrong secret on the same prefix does not take it)."""
+    prefixes = {apikeys.prefix_of(w.item) for w in group}
+    rows = await fetch(database_url, _LOOKUP, list(prefixes), LAST_USED_RESOLUTION)
     by_prefix = {row["prefix"]: row for row in rows}
     touched: set[str] = set()
     for w in group:
-        row = by_prefix.get(w.item)
-        w.settle(None if row is None else (row, row["due"] and w.item not in touched))
-        touched.add(w.item)
+        prefix = apikeys.prefix_of(w.item) or ""
+        row = by_prefix.get(prefix)
+        if row is None:
+            w.settle(None)
+            continue
+        due = (
+            bool(row["due"]) and prefix not in touched and apikeys.matches(w.item, row["key_hash"])
+        )
+        if due:
+            touched.add(prefix)
+        w.settle((row, due))
 
 
 _lookups: Grouped[str] = Grouped(_lookup, MAX_GROUP)
@@ -55,7 +65,7 @@ async def authenticate(database_url: str, key: str) -> Authenticated | None:
     prefix = apikeys.prefix_of(key)
     if prefix is None:
         return None
-    found = await _lookups(database_url, prefix)
+    found = await _lookups(database_url, key)
     if found is None:
         apikeys.matches(key, "0" * 64)  # same work as a wrong secret
         return None

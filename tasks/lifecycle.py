@@ -17,7 +17,13 @@ from celery.signals import worker_init, worker_shutdown
 
 from core.heap import freeze_startup_objects
 from core.logging import configure_logging
-from core.process import check_engine_cpus, format_cpus, parse_cpus, pin_engine_thread
+from core.process import (
+    check_engine_cpus,
+    format_cpus,
+    parse_cpus,
+    pin_engine_thread,
+    start_off_engine,
+)
 from core.settings import get_settings
 
 log = logging.getLogger("voicefarm.worker")
@@ -67,7 +73,8 @@ def _start_runtime(sender: Any = None, **_: Any) -> None:
         # switch interval every hand-back of the GIL to the task's thread could cost 5 ms.
         sys.setswitchinterval(0.001)
     if settings.worker_metrics_port:
-        metrics.serve(settings.worker_metrics_port, settings.metrics_host)
+        # Its server threads keep off the engine's CPUs when they are pinned.
+        start_off_engine(lambda: metrics.serve(settings.worker_metrics_port, settings.metrics_host))
 
 
 @worker_shutdown.connect
