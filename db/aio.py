@@ -103,12 +103,8 @@ _CONNECTION_ERRORS = (
 
 async def fetchrow(database_url: str, sql: str, *args: Any) -> asyncpg.Record | None:
     """One statement on a pooled connection in autocommit (committed when it returns)."""
-    try:
-        pool = await _pool(database_url)
-        async with pool.acquire(timeout=POOL_TIMEOUT) as conn:
-            return await conn.fetchrow(sql, *args)
-    except _CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    rows = await fetch(database_url, sql, *args)
+    return rows[0] if rows else None
 
 
 async def fetch(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -154,8 +150,7 @@ class Waiting(Generic[T]):
 @dataclass(eq=False)
 class _Queue:
     waiting: list[Waiting[Any]] = field(default_factory=list)
-    flushers: int = 0
-    # Per flusher, when its statement left (or when it was started, until it sends).
+    # Per running flusher, when its statement left (or when it was started, until it sends).
     sent: dict[int, float] = field(default_factory=dict)
 
 
@@ -194,7 +189,7 @@ class Grouped(Generic[T]):
     def busy(self, database_url: str) -> bool:
         """Whether a statement is on its way and none waits (tests wait for this)."""
         queue = self._queues.get((database_url, asyncio.get_running_loop()))
-        return queue is not None and queue.flushers > 0 and not queue.waiting
+        return queue is not None and bool(queue.sent) and not queue.waiting
 
     async def __call__(self, database_url: str, item: T, shape: Hashable = None) -> Any:
         loop = asyncio.get_running_loop()
@@ -211,7 +206,8 @@ class Grouped(Generic[T]):
                     return await waiting.answer  # on its way
                 now = loop.time()
                 fresh = self._fresh(queue, now)
-                if queue.flushers == 0 or (not fresh and queue.flushers < self.max_flushers):
+                flushers = len(queue.sent)
+                if flushers == 0 or (not fresh and flushers < self.max_flushers):
                     self._start(database_url, queue, now)
                 elif not fresh:
                     return await waiting.answer  # every statement allowed is stuck: wait
@@ -233,7 +229,6 @@ class Grouped(Generic[T]):
 
     def _start(self, database_url: str, queue: _Queue, now: float) -> None:
         flusher = next(_flusher_ids)
-        queue.flushers += 1
         queue.sent[flusher] = now  # it sends as soon as this task yields
         task = asyncio.get_running_loop().create_task(self._flush(database_url, queue, flusher))
         self._tasks.add(task)
@@ -268,5 +263,4 @@ class Grouped(Generic[T]):
             queue.waiting = []
             raise
         finally:
-            queue.flushers -= 1
-            queue.sent.pop(flusher, None)
+            del queue.sent[flusher]

@@ -38,12 +38,11 @@ async def _lookup(database_url: str, group: list[Waiting[str]]) -> None:
     """The keys of `group` (whole keys) in one statement; each waiting caller gets (row, due),
     `due` only for the first caller in the group whose key is right, so one touches
     `last_used_at` (a wrong secret on the same prefix does not take it)."""
-    prefixes = {apikeys.prefix_of(w.item) for w in group}
-    rows = await fetch(database_url, _LOOKUP, list(prefixes), LAST_USED_RESOLUTION)
+    prefixes = [apikeys.prefix_of(w.item) or "" for w in group]
+    rows = await fetch(database_url, _LOOKUP, list(set(prefixes)), LAST_USED_RESOLUTION)
     by_prefix = {row["prefix"]: row for row in rows}
     touched: set[str] = set()
-    for w in group:
-        prefix = apikeys.prefix_of(w.item) or ""
+    for w, prefix in zip(group, prefixes, strict=True):
         row = by_prefix.get(prefix)
         if row is None:
             w.settle(None)
